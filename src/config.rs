@@ -1,0 +1,456 @@
+//! The function's settings, read once at start-up from the environment variables of the contract.
+//!
+//! Parsing takes an iterator of `(name, value)` pairs rather than reading the process environment,
+//! so tests never touch global state. A value that does not parse stops start-up with an error
+//! naming the variable, the value and what was expected: a typo in a threshold must not silently
+//! fall back to a default that operators did not choose.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::resilience::backoff::Backoff;
+use crate::resilience::breaker::BreakerConfig;
+use crate::resilience::policy::RetryPolicy;
+use crate::resilience::ResilienceConfig;
+
+/// A variable whose value cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {variable}={value:?}: expected {expected}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+/// How etcd client URLs are built from an instance's private IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Client certificate material for etcd over TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    pub fn enabled(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+}
+
+/// Every setting of the configuration table in the product contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Groups the function acts on; empty means any group.
+    pub asg_names: Vec<String>,
+    /// Hooks the sweep may heartbeat or complete; empty means every hook of the group.
+    pub lifecycle_hook_names: Vec<String>,
+    /// Client URLs of the cluster; empty means "build them from the group's instances".
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_client_scheme: Scheme,
+    pub etcd_client_port: u16,
+    pub etcd_peer_port: u16,
+    pub etcd_tls: TlsFiles,
+    pub etcd_add_learner_on_launch: bool,
+    pub retry_max_attempts: u32,
+    pub retry_base_delay: Duration,
+    pub retry_max_delay: Duration,
+    pub breaker_failure_threshold: u32,
+    pub breaker_reset_timeout: Duration,
+    pub breaker_success_threshold: u32,
+    pub deadline_reserve: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            asg_names: Vec::new(),
+            lifecycle_hook_names: Vec::new(),
+            etcd_endpoints: Vec::new(),
+            etcd_client_scheme: Scheme::Https,
+            etcd_client_port: 2379,
+            etcd_peer_port: 2380,
+            etcd_tls: TlsFiles::default(),
+            etcd_add_learner_on_launch: false,
+            retry_max_attempts: 4,
+            retry_base_delay: Duration::from_millis(200),
+            retry_max_delay: Duration::from_millis(5000),
+            breaker_failure_threshold: 5,
+            breaker_reset_timeout: Duration::from_secs(60),
+            breaker_success_threshold: 2,
+            deadline_reserve: Duration::from_millis(2000),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment. Only `main` calls this.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_pairs(std::env::vars())
+    }
+
+    /// Parses the settings from `(name, value)` pairs; unknown names are ignored, empty values
+    /// mean "use the default".
+    pub fn from_pairs<I, K, V>(pairs: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars: HashMap<String, String> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let d = Config::default();
+
+        let config = Config {
+            asg_names: list(get("ASG_NAMES")),
+            lifecycle_hook_names: list(get("LIFECYCLE_HOOK_NAMES")),
+            etcd_endpoints: endpoints(get("ETCD_ENDPOINTS"))?,
+            etcd_client_scheme: match get("ETCD_CLIENT_SCHEME") {
+                None => d.etcd_client_scheme,
+                Some(v) if v.eq_ignore_ascii_case("https") => Scheme::Https,
+                Some(v) if v.eq_ignore_ascii_case("http") => Scheme::Http,
+                Some(v) => return Err(invalid("ETCD_CLIENT_SCHEME", v, "http or https")),
+            },
+            etcd_client_port: port(
+                "ETCD_CLIENT_PORT",
+                get("ETCD_CLIENT_PORT"),
+                d.etcd_client_port,
+            )?,
+            etcd_peer_port: port("ETCD_PEER_PORT", get("ETCD_PEER_PORT"), d.etcd_peer_port)?,
+            etcd_tls: TlsFiles {
+                ca: get("ETCD_CA_FILE").map(PathBuf::from),
+                cert: get("ETCD_CERT_FILE").map(PathBuf::from),
+                key: get("ETCD_KEY_FILE").map(PathBuf::from),
+            },
+            etcd_add_learner_on_launch: match get("ETCD_ADD_LEARNER_ON_LAUNCH") {
+                None => d.etcd_add_learner_on_launch,
+                Some(v) => parse_bool(v)
+                    .ok_or_else(|| invalid("ETCD_ADD_LEARNER_ON_LAUNCH", v, "true or false"))?,
+            },
+            retry_max_attempts: number(
+                "RETRY_MAX_ATTEMPTS",
+                get("RETRY_MAX_ATTEMPTS"),
+                d.retry_max_attempts,
+                1..=20,
+                "a whole number of attempts from 1 to 20",
+            )?,
+            retry_base_delay: millis(
+                "RETRY_BASE_DELAY_MS",
+                get("RETRY_BASE_DELAY_MS"),
+                d.retry_base_delay,
+                1..=60_000,
+                "milliseconds from 1 to 60000",
+            )?,
+            retry_max_delay: millis(
+                "RETRY_MAX_DELAY_MS",
+                get("RETRY_MAX_DELAY_MS"),
+                d.retry_max_delay,
+                1..=300_000,
+                "milliseconds from 1 to 300000",
+            )?,
+            breaker_failure_threshold: number(
+                "BREAKER_FAILURE_THRESHOLD",
+                get("BREAKER_FAILURE_THRESHOLD"),
+                d.breaker_failure_threshold,
+                1..=1000,
+                "a whole number of failures from 1 to 1000",
+            )?,
+            breaker_reset_timeout: Duration::from_secs(u64::from(number(
+                "BREAKER_RESET_TIMEOUT_SECS",
+                get("BREAKER_RESET_TIMEOUT_SECS"),
+                d.breaker_reset_timeout.as_secs() as u32,
+                1..=3600,
+                "seconds from 1 to 3600",
+            )?)),
+            breaker_success_threshold: number(
+                "BREAKER_SUCCESS_THRESHOLD",
+                get("BREAKER_SUCCESS_THRESHOLD"),
+                d.breaker_success_threshold,
+                1..=100,
+                "a whole number of successes from 1 to 100",
+            )?,
+            deadline_reserve: millis(
+                "DEADLINE_RESERVE_MS",
+                get("DEADLINE_RESERVE_MS"),
+                d.deadline_reserve,
+                0..=600_000,
+                "milliseconds from 0 to 600000",
+            )?,
+        };
+        if config.retry_max_delay < config.retry_base_delay {
+            return Err(ConfigError {
+                variable: "RETRY_MAX_DELAY_MS",
+                value: config.retry_max_delay.as_millis().to_string(),
+                expected: "a value no smaller than RETRY_BASE_DELAY_MS",
+            });
+        }
+        let tls = &config.etcd_tls;
+        if tls.cert.is_some() != tls.key.is_some() {
+            let (variable, value) = if tls.cert.is_some() {
+                ("ETCD_KEY_FILE", "")
+            } else {
+                ("ETCD_CERT_FILE", "")
+            };
+            return Err(ConfigError {
+                variable,
+                value: value.to_string(),
+                expected: "a path: ETCD_CERT_FILE and ETCD_KEY_FILE are set together",
+            });
+        }
+        Ok(config)
+    }
+
+    pub fn resilience(&self) -> ResilienceConfig {
+        ResilienceConfig {
+            retry: RetryPolicy {
+                max_attempts: self.retry_max_attempts,
+                backoff: Backoff {
+                    base: self.retry_base_delay,
+                    max: self.retry_max_delay,
+                },
+            },
+            breaker: BreakerConfig {
+                failure_threshold: self.breaker_failure_threshold,
+                reset_timeout: self.breaker_reset_timeout,
+                success_threshold: self.breaker_success_threshold,
+            },
+        }
+    }
+
+    /// Whether the function acts on `group` (`ASG_NAMES` empty means any group).
+    pub fn handles_group(&self, group: &str) -> bool {
+        self.asg_names.is_empty() || self.asg_names.iter().any(|g| g == group)
+    }
+}
+
+fn invalid(variable: &'static str, value: &str, expected: &'static str) -> ConfigError {
+    ConfigError {
+        variable,
+        value: value.to_string(),
+        expected,
+    }
+}
+
+fn list(value: Option<&str>) -> Vec<String> {
+    value
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn endpoints(value: Option<&str>) -> Result<Vec<String>, ConfigError> {
+    let urls = list(value);
+    for url in &urls {
+        let ok = (url.starts_with("http://") || url.starts_with("https://"))
+            && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty());
+        if !ok {
+            return Err(invalid(
+                "ETCD_ENDPOINTS",
+                url,
+                "comma-separated client URLs such as https://10.0.1.5:2379",
+            ));
+        }
+    }
+    Ok(urls)
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+fn port(variable: &'static str, value: Option<&str>, default: u16) -> Result<u16, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid(variable, v, "a TCP port from 1 to 65535")),
+    }
+}
+
+fn number(
+    variable: &'static str,
+    value: Option<&str>,
+    default: u32,
+    range: std::ops::RangeInclusive<u32>,
+    expected: &'static str,
+) -> Result<u32, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| invalid(variable, v, expected)),
+    }
+}
+
+fn millis(
+    variable: &'static str,
+    value: Option<&str>,
+    default: Duration,
+    range: std::ops::RangeInclusive<u32>,
+    expected: &'static str,
+) -> Result<Duration, ConfigError> {
+    let ms = number(variable, value, default.as_millis() as u32, range, expected)?;
+    Ok(Duration::from_millis(u64::from(ms)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_pairs(pairs.iter().map(|&(k, v)| (k, v)))
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.etcd_client_scheme, Scheme::Https);
+        assert_eq!((c.etcd_client_port, c.etcd_peer_port), (2379, 2380));
+        assert_eq!(c.retry_max_attempts, 4);
+        assert_eq!(c.retry_base_delay, Duration::from_millis(200));
+        assert_eq!(c.retry_max_delay, Duration::from_millis(5000));
+        assert_eq!(c.breaker_failure_threshold, 5);
+        assert_eq!(c.breaker_reset_timeout, Duration::from_secs(60));
+        assert_eq!(c.breaker_success_threshold, 2);
+        assert_eq!(c.deadline_reserve, Duration::from_millis(2000));
+        assert!(!c.etcd_add_learner_on_launch);
+        assert!(c.handles_group("any-group"));
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let c = parse(&[
+            ("ASG_NAMES", " etcd-a , etcd-b ,"),
+            ("LIFECYCLE_HOOK_NAMES", "drain"),
+            (
+                "ETCD_ENDPOINTS",
+                "https://10.0.0.1:2379, http://10.0.0.2:2379",
+            ),
+            ("ETCD_CLIENT_SCHEME", "HTTP"),
+            ("ETCD_CLIENT_PORT", "12379"),
+            ("ETCD_PEER_PORT", "12380"),
+            ("ETCD_CA_FILE", "/ca.pem"),
+            ("ETCD_CERT_FILE", "/c.pem"),
+            ("ETCD_KEY_FILE", "/k.pem"),
+            ("ETCD_ADD_LEARNER_ON_LAUNCH", "true"),
+            ("RETRY_MAX_ATTEMPTS", "6"),
+            ("RETRY_BASE_DELAY_MS", "50"),
+            ("RETRY_MAX_DELAY_MS", "800"),
+            ("BREAKER_FAILURE_THRESHOLD", "3"),
+            ("BREAKER_RESET_TIMEOUT_SECS", "10"),
+            ("BREAKER_SUCCESS_THRESHOLD", "1"),
+            ("DEADLINE_RESERVE_MS", "1500"),
+            ("UNRELATED", "ignored"),
+        ])
+        .unwrap();
+        assert_eq!(c.asg_names, vec!["etcd-a", "etcd-b"]);
+        assert!(c.handles_group("etcd-b") && !c.handles_group("other"));
+        assert_eq!(c.lifecycle_hook_names, vec!["drain"]);
+        assert_eq!(
+            c.etcd_endpoints,
+            vec!["https://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert_eq!(c.etcd_client_scheme, Scheme::Http);
+        assert_eq!((c.etcd_client_port, c.etcd_peer_port), (12379, 12380));
+        assert!(c.etcd_tls.enabled());
+        assert!(c.etcd_add_learner_on_launch);
+        let r = c.resilience();
+        assert_eq!(r.retry.max_attempts, 6);
+        assert_eq!(r.retry.backoff.base, Duration::from_millis(50));
+        assert_eq!(r.retry.backoff.max, Duration::from_millis(800));
+        assert_eq!(r.breaker.failure_threshold, 3);
+        assert_eq!(r.breaker.reset_timeout, Duration::from_secs(10));
+        assert_eq!(r.breaker.success_threshold, 1);
+        assert_eq!(c.deadline_reserve, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_the_value_and_the_expectation() {
+        let cases = [
+            (
+                "RETRY_MAX_ATTEMPTS",
+                "four",
+                "a whole number of attempts from 1 to 20",
+            ),
+            (
+                "RETRY_MAX_ATTEMPTS",
+                "0",
+                "a whole number of attempts from 1 to 20",
+            ),
+            ("BREAKER_RESET_TIMEOUT_SECS", "-1", "seconds from 1 to 3600"),
+            ("ETCD_CLIENT_PORT", "70000", "a TCP port from 1 to 65535"),
+            ("ETCD_CLIENT_SCHEME", "grpc", "http or https"),
+            ("ETCD_ADD_LEARNER_ON_LAUNCH", "maybe", "true or false"),
+            (
+                "ETCD_ENDPOINTS",
+                "10.0.0.1:2379",
+                "comma-separated client URLs such as https://10.0.1.5:2379",
+            ),
+            ("DEADLINE_RESERVE_MS", "2s", "milliseconds from 0 to 600000"),
+        ];
+        for (variable, value, expected) in cases {
+            let err = parse(&[(variable, value)]).unwrap_err();
+            assert_eq!(
+                (err.variable, err.value.as_str(), err.expected),
+                (variable, value, expected)
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains(variable) && text.contains(value) && text.contains(expected),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn inconsistent_values_are_refused() {
+        let err = parse(&[
+            ("RETRY_BASE_DELAY_MS", "1000"),
+            ("RETRY_MAX_DELAY_MS", "10"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable, "RETRY_MAX_DELAY_MS");
+        let err = parse(&[("ETCD_CERT_FILE", "/c.pem")]).unwrap_err();
+        assert_eq!(err.variable, "ETCD_KEY_FILE");
+    }
+
+    #[test]
+    fn empty_values_mean_defaults() {
+        assert_eq!(
+            parse(&[("RETRY_MAX_ATTEMPTS", ""), ("ASG_NAMES", " ")]).unwrap(),
+            Config::default()
+        );
+    }
+}

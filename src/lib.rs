@@ -1,0 +1,7 @@
+//! etcd-lifecycle-hook: an AWS Lambda that handles EC2 Auto Scaling lifecycle hooks for an etcd
+//! cluster without ever knowingly breaking its quorum. See ARCHITECTURE.md for the map.
+
+pub mod config;
+pub mod membership;
+pub mod model;
+pub mod resilience;

@@ -1,0 +1,260 @@
+//! The handler's view of the world: instances, lifecycle actions, etcd members, and the three
+//! narrow traits through which it reaches Auto Scaling, EC2 and etcd.
+//!
+//! The handler depends on these traits only, never on `aws-sdk-*` or `etcd-client` types, so
+//! every decision is unit-tested with in-memory fakes. The real implementations live in
+//! `aws/` and `etcd.rs`; `main.rs` wires them in.
+
+use std::future::Future;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::resilience::policy::Deadline;
+use crate::resilience::CircuitOpen;
+
+/// An EC2 instance of the group, as `DescribeInstances` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Instance {
+    pub id: String,
+    pub private_ip: Option<IpAddr>,
+    pub private_dns: Option<String>,
+    /// EC2 state name: `pending`, `running`, ...
+    pub state: String,
+}
+
+/// The lifecycle transition being handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Transition {
+    #[serde(rename = "autoscaling:EC2_INSTANCE_LAUNCHING")]
+    Launching,
+    #[serde(rename = "autoscaling:EC2_INSTANCE_TERMINATING")]
+    Terminating,
+}
+
+impl Transition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transition::Launching => "autoscaling:EC2_INSTANCE_LAUNCHING",
+            Transition::Terminating => "autoscaling:EC2_INSTANCE_TERMINATING",
+        }
+    }
+}
+
+/// Identifies one paused lifecycle action: by token when an event carried one, else by instance ID
+/// (the sweep's way).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActionKey {
+    pub group: String,
+    pub hook: String,
+    pub instance_id: String,
+    #[serde(skip)]
+    pub token: Option<String>,
+}
+
+/// What `CompleteLifecycleAction` answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Completion {
+    Completed,
+    /// "No active Lifecycle Action found": completed before (by us or by a timeout).
+    AlreadyDone,
+}
+
+/// What `RecordLifecycleActionHeartbeat` answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Heartbeat {
+    Recorded,
+    /// The action is no longer active: there is nothing left to hold.
+    ActionOver,
+}
+
+/// An instance of the group paused in a wait state, found by the sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingInstance {
+    pub instance_id: String,
+    /// `Pending:Wait`, `Terminating:Wait`, `Warmed:Pending:Wait`, ...
+    pub lifecycle_state: String,
+}
+
+impl WaitingInstance {
+    pub fn transition(&self) -> Option<Transition> {
+        let state = self.lifecycle_state.as_str();
+        if state.ends_with("Terminating:Wait") {
+            Some(Transition::Terminating)
+        } else if state.ends_with("Pending:Wait") {
+            Some(Transition::Launching)
+        } else {
+            None
+        }
+    }
+}
+
+/// A lifecycle hook of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub name: String,
+    pub transition: Transition,
+}
+
+/// What the sweep learns of one group from Auto Scaling.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupLifecycle {
+    pub hooks: Vec<Hook>,
+    pub waiting: Vec<WaitingInstance>,
+    /// Instances kept by the `TerminateHookAbandon: retain` policy, reported to operators.
+    pub retained: Vec<String>,
+}
+
+/// An AWS call failed. The text names the call and carries the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum AwsError {
+    #[error(transparent)]
+    CircuitOpen(#[from] CircuitOpen),
+    #[error("{operation} failed: {detail}")]
+    Failed {
+        operation: &'static str,
+        detail: String,
+    },
+}
+
+/// EC2's view of the group.
+pub trait Fleet: Send + Sync {
+    /// The group's instances in EC2 state `pending` or `running`, in one paged
+    /// `DescribeInstances` filtered by the `aws:autoscaling:groupName` tag.
+    fn group_instances(
+        &self,
+        group: &str,
+        deadline: &Deadline,
+    ) -> impl Future<Output = Result<Vec<Instance>, AwsError>> + Send;
+}
+
+/// Auto Scaling's lifecycle actions.
+pub trait Lifecycle: Send + Sync {
+    fn complete(
+        &self,
+        key: &ActionKey,
+        deadline: &Deadline,
+    ) -> impl Future<Output = Result<Completion, AwsError>> + Send;
+
+    fn heartbeat(
+        &self,
+        key: &ActionKey,
+        deadline: &Deadline,
+    ) -> impl Future<Output = Result<Heartbeat, AwsError>> + Send;
+
+    /// The group's hooks, the instances waiting on them and the retained ones (for the sweep).
+    fn group_lifecycle(
+        &self,
+        group: &str,
+        deadline: &Deadline,
+    ) -> impl Future<Output = Result<GroupLifecycle, AwsError>> + Send;
+}
+
+/// One etcd member as the member list reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub id: u64,
+    /// Empty for a member that was added but never started.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+/// etcd's own view of the cluster: the member list plus each member's health.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct ClusterView {
+    pub members: Vec<Member>,
+    /// IDs of members that answered a status request.
+    pub healthy: Vec<u64>,
+    /// The leader's member ID, as reported by the members that answered.
+    pub leader: Option<u64>,
+}
+
+impl ClusterView {
+    pub fn member(&self, id: u64) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    pub fn is_healthy(&self, id: u64) -> bool {
+        self.healthy.contains(&id)
+    }
+}
+
+/// How the cluster answered a removal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Removal {
+    Removed,
+    /// etcd did not know the member: removed before.
+    AlreadyGone,
+}
+
+/// How the cluster answered a learner promotion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Promotion {
+    Promoted,
+    /// The learner has not caught up with the leader yet: try again later.
+    NotReady,
+}
+
+/// An etcd call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error(transparent)]
+    CircuitOpen(#[from] CircuitOpen),
+    /// No endpoint answered. On launch this means the cluster is being bootstrapped.
+    #[error("no etcd endpoint answered ({endpoints}): {detail}; check ETCD_ENDPOINTS, the security group and that etcd runs")]
+    Unreachable { endpoints: String, detail: String },
+    /// etcd's strict reconfig check refused a membership change: unsafe now, hold and retry later.
+    #[error("etcd refused the membership change as unsafe now: {detail}")]
+    Refused { detail: String },
+    #[error("etcd {operation} failed: {detail}")]
+    Failed {
+        operation: &'static str,
+        detail: String,
+    },
+}
+
+/// etcd membership, reached through the resilience layer's `etcd` breaker.
+pub trait Membership: Send + Sync {
+    /// Reads the member list and each member's status. `peers` are the group's instances, used to
+    /// build endpoints when `ETCD_ENDPOINTS` is empty. `Unreachable` when no endpoint answers.
+    fn cluster(
+        &self,
+        peers: &[Instance],
+        deadline: &Deadline,
+    ) -> impl Future<Output = Result<ClusterView, MembershipError>> + Send;
+
+    /// Moves leadership from the current leader (`view.leader`) to `to`, asking the leader itself.
+    fn move_leader(
+        &self,
+        view: &ClusterView,
+        to: u64,
+        deadline: &Deadline,
+    ) -> impl Future<Output = Result<(), MembershipError>> + Send;
+
+    /// Removes `member`, preferring the leader as the receiver. `Refused` when etcd's strict
+    /// reconfig check says the change is unsafe now.
+    fn remove(
+        &self,
+        view: &ClusterView,
+        member: u64,
+        deadline: &Deadline,
+    ) -> impl Future<Output = Result<Removal, MembershipError>> + Send;
+
+    /// Adds `peer_url` as a learner named `name`; returns the new member's ID.
+    fn add_learner(
+        &self,
+        view: &ClusterView,
+        name: &str,
+        peer_url: &str,
+        deadline: &Deadline,
+    ) -> impl Future<Output = Result<u64, MembershipError>> + Send;
+
+    fn promote(
+        &self,
+        view: &ClusterView,
+        member: u64,
+        deadline: &Deadline,
+    ) -> impl Future<Output = Result<Promotion, MembershipError>> + Send;
+}

@@ -1,0 +1,124 @@
+//! What to retry and for how long: the retry policy and the invocation's deadline budget.
+//!
+//! The mechanism that loops, sleeps and calls lives in `mod.rs`; this file only decides. Keeping the
+//! decision pure makes the deadline rule ("never start a wait that cannot finish before the reserve")
+//! testable without a clock.
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+use super::backoff::{Backoff, Jitter};
+
+/// The invocation's time budget: the Lambda deadline and the part of it kept back for the final
+/// heartbeat or completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    /// The hard deadline of the invocation (Lambda's `Context::deadline`).
+    pub at: Instant,
+    /// Time always kept before `at` to heartbeat or complete the lifecycle action.
+    pub reserve: Duration,
+}
+
+impl Deadline {
+    pub fn new(at: Instant, reserve: Duration) -> Self {
+        Self { at, reserve }
+    }
+
+    /// A deadline `remaining` from now.
+    pub fn after(remaining: Duration, reserve: Duration) -> Self {
+        Self::new(Instant::now() + remaining, reserve)
+    }
+
+    /// The last instant at which new work (a retry, a wait, a membership change) may still end.
+    pub fn work_until(&self) -> Instant {
+        self.at.checked_sub(self.reserve).unwrap_or(self.at)
+    }
+
+    /// Time left before the hard deadline.
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.at.saturating_duration_since(now)
+    }
+
+    /// Whether the time left is already inside the reserve: only the finishing call may run.
+    pub fn in_reserve(&self, now: Instant) -> bool {
+        now >= self.work_until()
+    }
+}
+
+/// The retry policy shared by every dependency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (at least 1).
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+}
+
+impl RetryPolicy {
+    /// The sleep before the next attempt after `attempts_made` attempts failed transiently, or
+    /// `None` when no attempt is left or the sleep would end past `deadline.work_until()`.
+    pub fn next_delay(
+        &self,
+        attempts_made: u32,
+        now: Instant,
+        deadline: &Deadline,
+        jitter: &dyn Jitter,
+    ) -> Option<Duration> {
+        if attempts_made >= self.max_attempts {
+            return None;
+        }
+        let delay = self.backoff.delay(attempts_made.saturating_sub(1), jitter);
+        (now + delay <= deadline.work_until()).then_some(delay)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resilience::backoff::FixedJitter;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 4,
+            backoff: Backoff {
+                base: Duration::from_millis(200),
+                max: Duration::from_millis(5000),
+            },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn schedule_grows_until_attempts_run_out() {
+        let now = Instant::now();
+        let deadline = Deadline::new(now + Duration::from_secs(60), Duration::from_secs(2));
+        let delays: Vec<Option<u128>> = (1..=5)
+            .map(|made| {
+                policy()
+                    .next_delay(made, now, &deadline, &FixedJitter(0.999_999))
+                    .map(|d| d.as_millis())
+            })
+            .collect();
+        assert_eq!(delays, vec![Some(199), Some(399), Some(799), None, None]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_sleep_may_end_inside_the_reserve() {
+        let now = Instant::now();
+        // 2.5 s left, 2 s reserve: 500 ms of budget. The second retry's 400 ms fits, the third's
+        // 800 ms does not.
+        let deadline = Deadline::new(now + Duration::from_millis(2500), Duration::from_secs(2));
+        let jitter = FixedJitter(0.999_999);
+        assert!(policy().next_delay(2, now, &deadline, &jitter).is_some());
+        assert_eq!(policy().next_delay(3, now, &deadline, &jitter), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reserve_larger_than_the_time_left_means_no_retry() {
+        let now = Instant::now();
+        let deadline = Deadline::new(now + Duration::from_secs(1), Duration::from_secs(2));
+        assert!(deadline.in_reserve(now));
+        assert_eq!(
+            policy().next_delay(1, now, &deadline, &FixedJitter(0.0)),
+            None
+        );
+    }
+}
