@@ -1,0 +1,473 @@
+"""The local end-to-end stack: Auto Scaling + EC2 (moto, extended), a real etcd cluster, a Lambda
+Runtime API emulator, and the function's release binary running under it.
+
+Why one object: every end-to-end test needs the same arrangement, in the same order: an address
+slot of its own (so tests never collide), a group of instances whose private IPs are loopback
+addresses, an etcd cluster whose member names are those instance IDs (so it can only start once
+the instances exist), and a function process pointed at all of it. `Stack` does that, hands out
+lifecycle actions and events for them, and tears down only what it started.
+
+    with Stack() as stack:
+        fn = stack.spawn()                          # the bootstrap binary, under the emulator
+        victim = stack.followers()[0]
+        action = stack.start_terminate(victim)      # instance now in Terminating:Wait
+        ok, answer = fn.invoke(events.eventbridge(action))
+        assert victim not in stack.etcd.member_names()
+        assert stack.aws.completions()[0]["result"] == "CONTINUE"
+
+Addresses: slot N owns 127.0.N.11-127.0.N.18 (ports 2379/2380 on each), claimed with a lock file
+under the system temp directory, so parallel test processes pick different slots.
+
+Environment knobs: `BOOTSTRAP` (path of the binary; default `target/release/etcd-lifecycle-hook`,
+under `CARGO_TARGET_DIR` when set), `STACK_KEEP=1` keeps the work directory (logs, etcd data) under
+`.stack/` after teardown.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from typing import Any
+
+from . import events
+from .aws import (
+    LAUNCHING,
+    TERMINATING,
+    AwsServer,
+    LifecycleAction,
+    SeededGroup,
+    free_port,
+    launch_into_group,
+    seed_group,
+)
+from .etcd import EtcdCluster
+from .runtime_api import FunctionDied, InvocationTimeout, RuntimeApi
+
+__all__ = [
+    "Stack",
+    "FunctionProcess",
+    "AddressSlot",
+    "DeadEndpoint",
+    "bootstrap_path",
+    "events",
+    "LAUNCHING",
+    "TERMINATING",
+    "FunctionDied",
+    "InvocationTimeout",
+]
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FUNCTION_NAME = "etcd-lifecycle-hook"
+IPS_PER_SLOT = 8
+
+
+def bootstrap_path() -> str:
+    """The function binary: `$BOOTSTRAP`, else the release build under the cargo target dir."""
+    if os.environ.get("BOOTSTRAP"):
+        return os.path.abspath(os.environ["BOOTSTRAP"])
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
+    return os.path.join(target, "release", FUNCTION_NAME)
+
+
+# ------------------------------------------------------------------------------------------------
+# Address slots
+# ------------------------------------------------------------------------------------------------
+
+
+class AddressSlot:
+    """A /24 of loopback addresses (127.0.N.11-18) this process alone uses, ports 2379/2380 free."""
+
+    LOCK_DIR = os.path.join(tempfile.gettempdir(), "etcd-lifecycle-hook-slots")
+
+    def __init__(self, n: int, lock_fd: int):
+        self.n = n
+        self._fd = lock_fd
+
+    @property
+    def ips(self) -> list[str]:
+        return [f"127.0.{self.n}.{11 + i}" for i in range(IPS_PER_SLOT)]
+
+    @property
+    def subnet(self) -> str:
+        return f"127.0.{self.n}.0/24"
+
+    @classmethod
+    def acquire(cls, first: int = 10, last: int = 250) -> "AddressSlot":
+        os.makedirs(cls.LOCK_DIR, exist_ok=True)
+        for n in range(first, last):
+            fd = os.open(os.path.join(cls.LOCK_DIR, f"slot-{n}.lock"), os.O_CREAT | os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            slot = cls(n, fd)
+            if slot._ports_free():
+                return slot
+            slot.release()
+        raise RuntimeError("no free loopback address slot (127.0.10-249.x)")
+
+    def _ports_free(self) -> bool:
+        for ip in self.ips:
+            for port in (2379, 2380):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    try:
+                        s.bind((ip, port))
+                    except OSError as e:
+                        if e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                            return False
+                        raise
+        return True
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+
+
+# ------------------------------------------------------------------------------------------------
+# A "dead" endpoint that still counts who knocked
+# ------------------------------------------------------------------------------------------------
+
+
+class DeadEndpoint:
+    """A loopback port that accepts connections and closes them at once without answering.
+
+    To the SDK this is a dead service (a connection error on every attempt), like a closed port;
+    unlike a closed port it counts the attempts, so a test can prove that an open circuit made no
+    call at all."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, 0))
+        self._sock.listen(64)
+        self.host, self.port = self._sock.getsockname()[:2]
+        self._lock = threading.Lock()
+        self._connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True, name=f"dead-{self.port}")
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return self._connections
+
+    def _serve(self) -> None:
+        self._sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self._connections += 1
+            # Linger 0: the close is a reset, as from a host whose service is gone.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(timeout=2)
+
+
+# ------------------------------------------------------------------------------------------------
+# The function process
+# ------------------------------------------------------------------------------------------------
+
+
+class FunctionProcess:
+    """The bootstrap binary under its own Runtime API emulator, output captured line by line."""
+
+    def __init__(self, binary: str, env: dict[str, str], log_dir: str, label: str = "function"):
+        if not os.access(binary, os.X_OK):
+            raise FileNotFoundError(
+                f"function binary {binary} is missing or not executable: build it with "
+                "`cargo build --release` or set BOOTSTRAP"
+            )
+        self.binary = binary
+        self.api = RuntimeApi().start()
+        self.env = dict(env)
+        self.env["AWS_LAMBDA_RUNTIME_API"] = self.api.address
+        self._lock = threading.Lock()
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        os.makedirs(log_dir, exist_ok=True)
+        self.log_path = os.path.join(log_dir, f"{label}-{self.api.address.replace(':', '-')}.log")
+        self.spawned_at = time.time()
+        self.proc = subprocess.Popen(
+            [binary],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr), daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    def _read(self, stream, sink: list[str]) -> None:
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            for raw in iter(stream.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                with self._lock:
+                    sink.append(line)
+                log.write(line + "\n")
+                log.flush()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def invoke(
+        self, event: Any, timeout_ms: int = 30_000, wait_s: float | None = None
+    ) -> tuple[bool, Any]:
+        """One invocation: `(True, payload)` or `(False, {"errorType", "errorMessage"})`."""
+        try:
+            return self.api.invoke(event, timeout_ms, wait_s, alive=self.alive)
+        except (FunctionDied, InvocationTimeout) as e:
+            raise type(e)(f"{e}\n--- function output ---\n{self.output()}") from None
+
+    def output(self, last: int = 60) -> str:
+        with self._lock:
+            lines = self.stdout + self.stderr
+        return "\n".join(lines[-last:])
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            return list(self.stdout) + list(self.stderr)
+
+    def json_logs(self) -> list[dict[str, Any]]:
+        """Log lines that are JSON objects (the function logs JSON under Lambda's JSON format)."""
+        out = []
+        for line in self.lines():
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    value = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(value, dict):
+                    out.append(value)
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for t in self._readers:
+            t.join(timeout=2)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        self.api.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# The stack
+# ------------------------------------------------------------------------------------------------
+
+
+class Stack:
+    """Auto Scaling group + instances (moto) + etcd cluster + function processes."""
+
+    def __init__(
+        self,
+        nodes: int = 3,
+        group: str = "etcd-e2e",
+        heartbeat_timeout: int = 300,
+        workdir: str | None = None,
+        keep: bool | None = None,
+    ):
+        self.nodes = nodes
+        self.group = group
+        self.heartbeat_timeout = heartbeat_timeout
+        self.keep = keep if keep is not None else os.environ.get("STACK_KEEP") == "1"
+        self._workdir = workdir
+        self.workdir = ""
+        self.slot: AddressSlot | None = None
+        self.aws: AwsServer | None = None
+        self.seeded: SeededGroup | None = None
+        self.etcd: EtcdCluster | None = None
+        self.functions: list[FunctionProcess] = []
+        self._dead: list[DeadEndpoint] = []
+        self._spare_ips: list[str] = []
+
+    # -- up / down ---------------------------------------------------------------------------------
+    def up(self) -> "Stack":
+        try:
+            self.slot = AddressSlot.acquire()
+            base = self._workdir or os.path.join(REPO, ".stack")
+            os.makedirs(base, exist_ok=True)
+            self.workdir = tempfile.mkdtemp(prefix=f"slot{self.slot.n}-", dir=base)
+            ips = self.slot.ips[: self.nodes]
+            self._spare_ips = self.slot.ips[self.nodes :]
+            self.aws = AwsServer().start()
+            self.seeded = seed_group(
+                self.aws,
+                self.group,
+                ips,
+                subnet_cidr=self.slot.subnet,
+                heartbeat_timeout=self.heartbeat_timeout,
+            )
+            names = list(self.seeded.instances)
+            self.etcd = EtcdCluster(names, ips, root=os.path.join(self.workdir, "etcd"))
+            self.etcd.start()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def down(self) -> None:
+        for fn in self.functions:
+            try:
+                fn.stop()
+            except Exception:  # teardown goes on
+                pass
+        self.functions.clear()
+        for dead in self._dead:
+            dead.close()
+        self._dead.clear()
+        if self.etcd is not None:
+            self.etcd.stop()
+        if self.aws is not None:
+            self.aws.stop()
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
+        if self.workdir and not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "Stack":
+        return self.up()
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    # -- the function ------------------------------------------------------------------------------
+    def env(self, **overrides: str) -> dict[str, str]:
+        """The function's environment: Lambda's variables, the SDK's, and the product's."""
+        assert self.aws is not None and self.etcd is not None
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "AWS_LAMBDA_FUNCTION_NAME": FUNCTION_NAME,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_LOG_STREAM_NAME": f"2026/01/01/[$LATEST]{os.getpid():x}",
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{FUNCTION_NAME}",
+            "AWS_LAMBDA_LOG_FORMAT": "JSON",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_ENDPOINT_URL": self.aws.endpoint,
+            # Keep the developer's own AWS set-up out of it.
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "ASG_NAMES": self.group,
+            "ETCD_ENDPOINTS": ",".join(self.etcd.endpoints()),
+            "ETCD_CLIENT_SCHEME": "http",
+            # Fast retries: the tests inject faults and must not wait seconds between attempts.
+            "RETRY_BASE_DELAY_MS": "20",
+            "RETRY_MAX_DELAY_MS": "200",
+            "RUST_BACKTRACE": "1",
+        }
+        env.update({k: str(v) for k, v in overrides.items()})
+        return {k: v for k, v in env.items() if v is not None}
+
+    def spawn(self, binary: str | None = None, **env_overrides: str) -> FunctionProcess:
+        """Starts the function binary under a fresh Runtime API emulator."""
+        fn = FunctionProcess(
+            binary or bootstrap_path(),
+            self.env(**env_overrides),
+            os.path.join(self.workdir, "logs"),
+            label=f"function{len(self.functions)}",
+        )
+        self.functions.append(fn)
+        return fn
+
+    # -- the group --------------------------------------------------------------------------------
+    @property
+    def instance_ids(self) -> list[str]:
+        assert self.seeded is not None
+        return list(self.seeded.instances)
+
+    def ip_of(self, instance_id: str) -> str:
+        assert self.seeded is not None
+        return self.seeded.instances[instance_id]
+
+    def leader(self) -> str:
+        """The instance ID of the etcd leader (member names are instance IDs)."""
+        assert self.etcd is not None
+        name = self.etcd.leader()
+        if name is None:
+            raise RuntimeError("etcd has no leader")
+        return name
+
+    def followers(self) -> list[str]:
+        assert self.etcd is not None
+        return self.etcd.followers()
+
+    def start_terminate(self, instance_id: str) -> LifecycleAction:
+        """Scale-in of `instance_id`: it pauses in `Terminating:Wait` on the terminate hook."""
+        assert self.aws is not None
+        return self.aws.start_lifecycle_action(self.group, instance_id, TERMINATING)
+
+    def start_launch(self) -> tuple[str, LifecycleAction]:
+        """Scale-out: a new instance on the next spare address pauses in `Pending:Wait`."""
+        assert self.aws is not None and self.seeded is not None
+        if not self._spare_ips:
+            raise RuntimeError("no spare address left in this slot")
+        return launch_into_group(self.aws, self.seeded, self._spare_ips.pop(0))
+
+    def account(self) -> str:
+        assert self.aws is not None
+        return self.aws.account_id
+
+    def eventbridge(self, action: LifecycleAction, **detail_overrides) -> dict[str, Any]:
+        assert self.seeded is not None
+        return events.eventbridge(
+            action, self.account(), self.seeded.group_arn, **detail_overrides
+        )
+
+    def notification(self, action: LifecycleAction) -> dict[str, Any]:
+        return events.notification(action, self.account())
+
+    def scheduled(self) -> dict[str, Any]:
+        return events.scheduled(self.account())
+
+    def dead_endpoint(self) -> DeadEndpoint:
+        dead = DeadEndpoint()
+        self._dead.append(dead)
+        return dead
+
+    @staticmethod
+    def closed_port_url() -> str:
+        return f"http://127.0.0.1:{free_port()}"

@@ -1,0 +1,809 @@
+"""A local Auto Scaling + EC2 endpoint: moto's server, taught the lifecycle actions it lacks, behind a
+fault layer, with a control API for tests.
+
+Why this exists: the function under test talks to Auto Scaling (awsQuery) and EC2 (ec2Query) through
+the AWS SDK for Rust. moto 5.2.5 answers both protocols from one port (each request is signed for its
+own service, and moto dispatches on the credential scope), but it has no `CompleteLifecycleAction` or
+`RecordLifecycleActionHeartbeat` and keeps no lifecycle states. This module adds them the way moto
+routes awsQuery actions (to a same-named method on its Auto Scaling response class) and keeps the
+paused lifecycle actions itself, so that:
+
+* an action started by a test puts the instance in `Pending:Wait` / `Terminating:Wait`, as
+  `DescribeAutoScalingInstances` and `DescribeAutoScalingGroups` then report (the sweep reads it);
+* completing it (by token or by instance ID) answers what AWS answers, including the real
+  `ValidationError` "No active Lifecycle Action found with token ..." / "... with instance ID ..."
+  for an unknown or already completed action, and moves the instance on (a terminating instance
+  leaves the group and is terminated in EC2, whatever the result; a launching one goes `InService`
+  on CONTINUE and is terminated on ABANDON);
+* every completion, heartbeat and refused call is recorded, so tests assert what the function did
+  rather than what it said it did.
+
+In front of moto sits a WSGI fault layer: per service (the SigV4 credential scope names it) and
+optionally per Action, answer the next N requests with a 503, with the service's real throttling
+error (`Throttling` for Auto Scaling, `RequestLimitExceeded` for EC2), or stall them before passing
+them on. Every request is logged (service, Action, time, and what the layer did with it) so tests can
+count calls, e.g. to prove an open circuit made none.
+
+Each server uses its own AWS account ID (moto honours the `x-moto-account-id` header, which the
+layer sets), so several servers in one process never share state: tests can run side by side.
+
+The control API is a Python object (`AwsServer`) for in-process use and the same operations over
+HTTP under `/_stack/` for anything else (curl, a Rust test, a second process):
+
+    GET  /_stack/requests                 every request seen: service, action, fault applied
+    GET  /_stack/lifecycle                active actions, completions, heartbeats, refusals
+    POST /_stack/lifecycle/start          {"group", "instance_id", "transition", "hook"?} -> action
+    POST /_stack/faults                   {"service", "kind", "times", "action"?, "stall_s"?}
+    DELETE /_stack/faults                 clear all faults
+
+Run it alone with `python -m tests.stack.aws --port 5000` (prints the endpoint).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import re
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+from urllib.parse import parse_qs
+
+from moto.autoscaling.exceptions import ValidationError as _MotoValidationError
+
+REGION = "us-east-1"
+LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
+TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
+# moto runs instances from any image ID; listing its catalogue of real AMIs costs a second.
+IMAGE_ID = "ami-0123456789abcdef0"
+WAIT_STATE = {LAUNCHING: "Pending:Wait", TERMINATING: "Terminating:Wait"}
+
+_account_ids = itertools.count(100000000001)
+_account_lock = threading.Lock()
+
+
+def _next_account_id() -> str:
+    with _account_lock:
+        return f"{next(_account_ids):012d}"
+
+
+# --------------------------------------------------------------------------------------------
+# Lifecycle actions
+# --------------------------------------------------------------------------------------------
+
+
+class LifecycleActionNotFound(_MotoValidationError):
+    """What AWS answers when no paused action matches: a ValidationError (HTTP 400, Sender).
+
+    A subclass of moto's own Auto Scaling ValidationError, so moto serialises it as AWS does."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass
+class LifecycleAction:
+    token: str
+    group: str
+    hook: str
+    instance_id: str
+    transition: str
+    started: float = field(default_factory=time.time)
+
+
+class LifecycleRegistry:
+    """Paused lifecycle actions of one account, and a record of every call made on them."""
+
+    def __init__(self, account_id: str, region: str = REGION):
+        self.account_id = account_id
+        self.region = region
+        self._lock = threading.RLock()
+        self._active: dict[str, LifecycleAction] = {}
+        self.completions: list[dict[str, Any]] = []
+        self.heartbeats: list[dict[str, Any]] = []
+        self.refusals: list[dict[str, Any]] = []
+
+    # -- moto's models -------------------------------------------------------------------------
+    def _backends(self):
+        from moto.autoscaling.models import autoscaling_backends
+
+        asg = autoscaling_backends[self.account_id][self.region]
+        return asg, asg.ec2_backend
+
+    def _instance_state(self, group_name: str, instance_id: str):
+        asg, _ = self._backends()
+        group = asg.autoscaling_groups.get(group_name)
+        if group is None:
+            raise KeyError(f"no Auto Scaling group {group_name!r}")
+        for state in group.instance_states:
+            if state.instance.id == instance_id:
+                return group, state
+        raise KeyError(f"instance {instance_id} is not in group {group_name!r}")
+
+    def _hook_for(self, group_name: str, transition: str) -> str:
+        asg, _ = self._backends()
+        hooks = [
+            h.name
+            for h in asg.lifecycle_hooks.values()
+            if h.auto_scaling_group_name == group_name and h.lifecycle_transition == transition
+        ]
+        if not hooks:
+            raise KeyError(f"group {group_name!r} has no {transition} lifecycle hook")
+        return sorted(hooks)[0]
+
+    # -- what a test does -------------------------------------------------------------------------
+    def start(
+        self, group: str, instance_id: str, transition: str, hook: str | None = None
+    ) -> LifecycleAction:
+        """Pauses `instance_id` on a hook of `group`, as Auto Scaling does at scale-in or launch."""
+        if transition not in WAIT_STATE:
+            raise ValueError(f"transition must be {LAUNCHING} or {TERMINATING}, not {transition!r}")
+        with self._lock:
+            _, state = self._instance_state(group, instance_id)
+            hook = hook or self._hook_for(group, transition)
+            for action in self._active.values():
+                if action.instance_id == instance_id:
+                    raise ValueError(f"{instance_id} already has an active lifecycle action")
+            action = LifecycleAction(str(uuid.uuid4()), group, hook, instance_id, transition)
+            self._active[action.token] = action
+            state.lifecycle_state = WAIT_STATE[transition]
+            return action
+
+    def active(self) -> list[LifecycleAction]:
+        with self._lock:
+            return list(self._active.values())
+
+    def terminate_outside_hooks(self, instance_id: str) -> None:
+        """Terminates an instance through the EC2 API: no hook runs, the group just loses it."""
+        with self._lock:
+            asg, ec2 = self._backends()
+            for group in asg.autoscaling_groups.values():
+                before = len(group.instance_states)
+                group.instance_states = [
+                    s for s in group.instance_states if s.instance.id != instance_id
+                ]
+                if len(group.instance_states) != before:
+                    group.desired_capacity = max(0, (group.desired_capacity or 0) - 1)
+            for token, action in list(self._active.items()):
+                if action.instance_id == instance_id:
+                    del self._active[token]
+            ec2.terminate_instances([instance_id])
+
+    # -- what the function does (called from moto's response class) ------------------------------
+    def _find(self, group: str, hook: str, token: str | None, instance_id: str | None):
+        if token:
+            action = self._active.get(token)
+            if action is None or action.group != group or action.hook != hook:
+                raise LifecycleActionNotFound(f"No active Lifecycle Action found with token {token}")
+            if instance_id and action.instance_id != instance_id:
+                raise LifecycleActionNotFound(f"No active Lifecycle Action found with token {token}")
+            return action
+        if instance_id:
+            for action in self._active.values():
+                if (
+                    action.instance_id == instance_id
+                    and action.group == group
+                    and action.hook == hook
+                ):
+                    return action
+            raise LifecycleActionNotFound(
+                f"No active Lifecycle Action found with instance ID {instance_id}"
+            )
+        raise LifecycleActionNotFound(
+            "Either LifecycleActionToken or InstanceId must be specified"
+        )
+
+    def complete(
+        self, group: str, hook: str, token: str | None, instance_id: str | None, result: str
+    ) -> LifecycleAction:
+        with self._lock:
+            call = {
+                "call": "CompleteLifecycleAction",
+                "group": group,
+                "hook": hook,
+                "token": token,
+                "instance_id": instance_id,
+                "result": result,
+                "time": time.time(),
+            }
+            if result not in ("CONTINUE", "ABANDON"):
+                message = (
+                    f"1 validation error detected: Value '{result}' at 'lifecycleActionResult' "
+                    "failed to satisfy constraint: Member must satisfy enum value set: "
+                    "[CONTINUE, ABANDON]"
+                )
+                self.refusals.append({**call, "message": message})
+                raise LifecycleActionNotFound(message)
+            try:
+                action = self._find(group, hook, token, instance_id)
+            except LifecycleActionNotFound as e:
+                self.refusals.append({**call, "message": e.message})
+                raise
+            del self._active[action.token]
+            self.completions.append(
+                {
+                    **asdict(action),
+                    "result": result,
+                    "by": "token" if token else "instance_id",
+                    "time": call["time"],
+                }
+            )
+            self._move_on(action, result)
+            return action
+
+    def heartbeat(
+        self, group: str, hook: str, token: str | None, instance_id: str | None
+    ) -> LifecycleAction:
+        with self._lock:
+            call = {
+                "call": "RecordLifecycleActionHeartbeat",
+                "group": group,
+                "hook": hook,
+                "token": token,
+                "instance_id": instance_id,
+                "time": time.time(),
+            }
+            try:
+                action = self._find(group, hook, token, instance_id)
+            except LifecycleActionNotFound as e:
+                self.refusals.append({**call, "message": e.message})
+                raise
+            self.heartbeats.append(
+                {**asdict(action), "by": "token" if token else "instance_id", "time": call["time"]}
+            )
+            return action
+
+    def _move_on(self, action: LifecycleAction, result: str) -> None:
+        """What Auto Scaling does once the hook is released."""
+        group, state = self._instance_state(action.group, action.instance_id)
+        if action.transition == LAUNCHING and result == "CONTINUE":
+            state.lifecycle_state = "InService"
+            return
+        # Terminating (CONTINUE or ABANDON both terminate), or a launch abandoned.
+        _, ec2 = self._backends()
+        group.instance_states = [s for s in group.instance_states if s is not state]
+        group.desired_capacity = max(0, (group.desired_capacity or 0) - 1)
+        ec2.terminate_instances([action.instance_id])
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "active": [asdict(a) for a in self._active.values()],
+                "completions": list(self.completions),
+                "heartbeats": list(self.heartbeats),
+                "refusals": list(self.refusals),
+            }
+
+
+_registries: dict[tuple[str, str], LifecycleRegistry] = {}
+_registries_lock = threading.Lock()
+
+
+def _registry(account_id: str, region: str) -> LifecycleRegistry:
+    with _registries_lock:
+        key = (account_id, region)
+        if key not in _registries:
+            _registries[key] = LifecycleRegistry(account_id, region)
+        return _registries[key]
+
+
+_patched = False
+
+
+def install_lifecycle_actions() -> None:
+    """Adds the two lifecycle actions to moto's Auto Scaling response class (idempotent)."""
+    global _patched
+    if _patched:
+        return
+    from moto.autoscaling.responses import AutoScalingResponse
+    from moto.core.responses import EmptyResult
+
+    def complete_lifecycle_action(self):
+        _registry(self.current_account, self.region).complete(
+            group=self._get_param("AutoScalingGroupName"),
+            hook=self._get_param("LifecycleHookName"),
+            token=self._get_param("LifecycleActionToken"),
+            instance_id=self._get_param("InstanceId"),
+            result=self._get_param("LifecycleActionResult"),
+        )
+        return EmptyResult()
+
+    def record_lifecycle_action_heartbeat(self):
+        _registry(self.current_account, self.region).heartbeat(
+            group=self._get_param("AutoScalingGroupName"),
+            hook=self._get_param("LifecycleHookName"),
+            token=self._get_param("LifecycleActionToken"),
+            instance_id=self._get_param("InstanceId"),
+        )
+        return EmptyResult()
+
+    AutoScalingResponse.complete_lifecycle_action = complete_lifecycle_action
+    AutoScalingResponse.record_lifecycle_action_heartbeat = record_lifecycle_action_heartbeat
+    _patched = True
+
+
+# --------------------------------------------------------------------------------------------
+# Wire format of errors
+# --------------------------------------------------------------------------------------------
+
+
+def query_error(code: str, message: str, sender: bool = True) -> bytes:
+    """An awsQuery error body (Auto Scaling)."""
+    kind = "Sender" if sender else "Receiver"
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<ErrorResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/">'
+        f"<Error><Type>{kind}</Type><Code>{code}</Code><Message>{_xml(message)}</Message></Error>"
+        f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
+    ).encode()
+
+
+def ec2_error(code: str, message: str) -> bytes:
+    """An ec2Query error body."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Response><Errors><Error><Code>{code}</Code><Message>{_xml(message)}</Message></Error>"
+        f"</Errors><RequestID>{uuid.uuid4()}</RequestID></Response>"
+    ).encode()
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# --------------------------------------------------------------------------------------------
+# Fault layer
+# --------------------------------------------------------------------------------------------
+
+FAULT_KINDS = ("503", "throttle", "stall")
+SERVICES = ("autoscaling", "ec2")
+
+
+@dataclass
+class Fault:
+    """Answer the next `times` matching requests this way, then let them through."""
+
+    service: str
+    kind: str
+    times: int
+    action: str | None = None
+    stall_s: float = 0.0
+
+    def __post_init__(self):
+        if self.service not in SERVICES:
+            raise ValueError(f"service must be one of {SERVICES}, not {self.service!r}")
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"kind must be one of {FAULT_KINDS}, not {self.kind!r}")
+        if self.times < 1:
+            raise ValueError("times must be at least 1")
+
+    def matches(self, service: str, action: str | None) -> bool:
+        return self.service == service and (self.action is None or self.action == action)
+
+
+_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
+
+
+def service_of(environ: dict[str, Any]) -> str:
+    """The service a request was signed for: `autoscaling`, `ec2`, or `unknown`."""
+    match = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    return match.group(1) if match else "unknown"
+
+
+class FaultLayer:
+    """WSGI middleware: control API, request log, faults, then moto."""
+
+    def __init__(self, app: Callable, account_id: str, registry: LifecycleRegistry):
+        self.app = app
+        self.account_id = account_id
+        self.registry = registry
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+        self.requests: list[dict[str, Any]] = []
+
+    # -- Python control API ----------------------------------------------------------------------
+    def inject(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def pending_faults(self) -> list[Fault]:
+        with self._lock:
+            return list(self._faults)
+
+    def _take_fault(self, service: str, action: str | None) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(service, action):
+                    fault.times -= 1
+                    if fault.times == 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    # -- WSGI --------------------------------------------------------------------------------------
+    def __call__(self, environ: dict[str, Any], start_response: Callable):
+        from werkzeug.wsgi import get_input_stream
+
+        path = environ.get("PATH_INFO", "")
+        body = get_input_stream(environ).read()
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+
+        if path.startswith("/_stack/"):
+            return self._control(environ, body, start_response)
+
+        service = service_of(environ)
+        form = parse_qs(body.decode("utf-8", "replace")) if body else {}
+        action = (form.get("Action") or [None])[0]
+        entry = {"time": time.time(), "service": service, "action": action, "fault": None}
+        for key in ("InstanceId", "LifecycleActionToken", "LifecycleActionResult"):
+            if key in form:
+                entry[key] = form[key][0]
+        with self._lock:
+            self.requests.append(entry)
+
+        fault = self._take_fault(service, action)
+        if fault is not None:
+            entry["fault"] = fault.kind
+            if fault.kind == "stall":
+                time.sleep(fault.stall_s)
+            else:
+                return self._fault_answer(service, fault.kind, start_response)
+
+        environ["HTTP_X_MOTO_ACCOUNT_ID"] = self.account_id
+        return self.app(environ, start_response)
+
+    @staticmethod
+    def _fault_answer(service: str, kind: str, start_response: Callable):
+        if service == "ec2":
+            if kind == "throttle":
+                status, body = "503 Service Unavailable", ec2_error(
+                    "RequestLimitExceeded", "Request limit exceeded."
+                )
+            else:
+                status, body = "503 Service Unavailable", ec2_error(
+                    "Unavailable", "The service is unavailable. Please try again shortly."
+                )
+        else:
+            if kind == "throttle":
+                status, body = "400 Bad Request", query_error("Throttling", "Rate exceeded")
+            else:
+                status, body = "503 Service Unavailable", query_error(
+                    "ServiceUnavailable", "Service is unavailable", sender=False
+                )
+        start_response(
+            status,
+            [
+                ("Content-Type", "text/xml"),
+                ("Content-Length", str(len(body))),
+                ("x-amzn-RequestId", str(uuid.uuid4())),
+            ],
+        )
+        return [body]
+
+    def _control(self, environ, body: bytes, start_response):
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "")
+        try:
+            data = json.loads(body) if body else {}
+            if (method, path) == ("GET", "/_stack/requests"):
+                with self._lock:
+                    answer: Any = list(self.requests)
+            elif (method, path) == ("GET", "/_stack/lifecycle"):
+                answer = self.registry.snapshot()
+            elif (method, path) == ("POST", "/_stack/lifecycle/start"):
+                answer = asdict(
+                    self.registry.start(
+                        data["group"], data["instance_id"], data["transition"], data.get("hook")
+                    )
+                )
+            elif (method, path) == ("POST", "/_stack/faults"):
+                self.inject(Fault(**data))
+                answer = {"faults": [asdict(f) for f in self.pending_faults()]}
+            elif (method, path) == ("DELETE", "/_stack/faults"):
+                self.clear_faults()
+                answer = {"faults": []}
+            else:
+                return _json(start_response, "404 Not Found", {"error": f"no {method} {path}"})
+        except (KeyError, ValueError, TypeError) as e:
+            return _json(start_response, "400 Bad Request", {"error": str(e)})
+        return _json(start_response, "200 OK", answer)
+
+
+def _json(start_response, status: str, data: Any):
+    body = json.dumps(data).encode()
+    start_response(
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    )
+    return [body]
+
+
+# --------------------------------------------------------------------------------------------
+# The server
+# --------------------------------------------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (for a "dead" endpoint: connections are refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class AwsServer:
+    """moto + lifecycle actions + fault layer on a loopback port, in a thread of this process."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, region: str = REGION):
+        self.host = host
+        self.port = port
+        self.region = region
+        self.account_id = _next_account_id()
+        self.registry = _registry(self.account_id, region)
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self.layer: FaultLayer | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "AwsServer":
+        install_lifecycle_actions()
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
+
+        class QuietHandler(MotoRequestHandler):
+            def log_request(self, *args, **kwargs):  # one line per request drowns test output
+                pass
+
+        moto_app = DomainDispatcherApplication(create_backend_app)
+        self.layer = FaultLayer(moto_app, self.account_id, self.registry)
+        self._server = make_server(
+            self.host, self.port, self.layer, threaded=True, request_handler=QuietHandler
+        )
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name=f"moto-{self.port}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> "AwsServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- boto3 clients for seeding and assertions ---------------------------------------------------
+    def client(self, service: str):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            service,
+            region_name=self.region,
+            endpoint_url=self.endpoint,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+        )
+
+    # -- control (Python side) ------------------------------------------------------------------------
+    def start_lifecycle_action(
+        self, group: str, instance_id: str, transition: str, hook: str | None = None
+    ) -> LifecycleAction:
+        return self.registry.start(group, instance_id, transition, hook)
+
+    def completions(self) -> list[dict[str, Any]]:
+        return self.registry.snapshot()["completions"]
+
+    def heartbeats(self) -> list[dict[str, Any]]:
+        return self.registry.snapshot()["heartbeats"]
+
+    def refusals(self) -> list[dict[str, Any]]:
+        return self.registry.snapshot()["refusals"]
+
+    def active_actions(self) -> list[LifecycleAction]:
+        return self.registry.active()
+
+    def inject(
+        self,
+        service: str,
+        kind: str,
+        times: int,
+        action: str | None = None,
+        stall_s: float = 0.0,
+    ) -> None:
+        assert self.layer is not None, "start() the server first"
+        self.layer.inject(Fault(service, kind, times, action, stall_s))
+
+    def clear_faults(self) -> None:
+        assert self.layer is not None
+        self.layer.clear_faults()
+
+    def pending_faults(self) -> list[Fault]:
+        assert self.layer is not None
+        return self.layer.pending_faults()
+
+    def requests(
+        self, service: str | None = None, action: str | None = None
+    ) -> list[dict[str, Any]]:
+        assert self.layer is not None
+        with self.layer._lock:
+            seen = list(self.layer.requests)
+        return [
+            r
+            for r in seen
+            if (service is None or r["service"] == service)
+            and (action is None or r["action"] == action)
+        ]
+
+    def count(self, service: str | None = None, action: str | None = None) -> int:
+        return len(self.requests(service, action))
+
+    def counts(self) -> dict[str, int]:
+        """Requests per `service:Action`."""
+        out: dict[str, int] = {}
+        for r in self.requests():
+            key = f"{r['service']}:{r['action']}"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def terminate_outside_hooks(self, instance_id: str) -> None:
+        self.registry.terminate_outside_hooks(instance_id)
+
+    def lifecycle_state(self, instance_id: str) -> str | None:
+        """What DescribeAutoScalingInstances reports, or None once the instance left its group."""
+        found = self.client("autoscaling").describe_auto_scaling_instances(
+            InstanceIds=[instance_id]
+        )["AutoScalingInstances"]
+        return found[0]["LifecycleState"] if found else None
+
+    def ec2_state(self, instance_id: str) -> str:
+        r = self.client("ec2").describe_instances(InstanceIds=[instance_id])
+        return r["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+
+# --------------------------------------------------------------------------------------------
+# Seeding
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SeededGroup:
+    """What `seed_group` created: the names tests need to build events and assertions."""
+
+    group: str
+    group_arn: str
+    vpc_id: str
+    subnet_id: str
+    launch_template: str
+    launch_hook: str
+    terminate_hook: str
+    instances: dict[str, str]  # instance ID -> private IP, in creation order
+
+
+def seed_group(
+    server: AwsServer,
+    group: str,
+    ips: list[str],
+    vpc_cidr: str = "127.0.0.0/16",
+    subnet_cidr: str | None = None,
+    heartbeat_timeout: int = 300,
+    default_result: str = "ABANDON",
+) -> SeededGroup:
+    """A VPC, a subnet, one instance per IP, a group with launch and terminate hooks, attached."""
+    ec2 = server.client("ec2")
+    asg = server.client("autoscaling")
+    if subnet_cidr is None:
+        first = ips[0].split(".")
+        subnet_cidr = f"{first[0]}.{first[1]}.{first[2]}.0/24"
+    vpc_id = ec2.create_vpc(CidrBlock=vpc_cidr)["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc_id, CidrBlock=subnet_cidr)["Subnet"]
+    image_id = IMAGE_ID
+    template = f"{group}-lt"
+    ec2.create_launch_template(
+        LaunchTemplateName=template,
+        LaunchTemplateData={"ImageId": image_id, "InstanceType": "t3.small"},
+    )
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=group,
+        LaunchTemplate={"LaunchTemplateName": template, "Version": "$Latest"},
+        MinSize=0,
+        MaxSize=len(ips) + 3,
+        DesiredCapacity=0,
+        VPCZoneIdentifier=subnet["SubnetId"],
+    )
+    hooks = {}
+    for transition, name in ((LAUNCHING, f"{group}-launch"), (TERMINATING, f"{group}-terminate")):
+        asg.put_lifecycle_hook(
+            AutoScalingGroupName=group,
+            LifecycleHookName=name,
+            LifecycleTransition=transition,
+            HeartbeatTimeout=heartbeat_timeout,
+            DefaultResult=default_result,
+        )
+        hooks[transition] = name
+    instances = {}
+    for ip in ips:
+        instance_id = launch_instance(server, subnet["SubnetId"], image_id, ip)
+        instances[instance_id] = ip
+    asg.attach_instances(AutoScalingGroupName=group, InstanceIds=list(instances))
+    arn = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"][0][
+        "AutoScalingGroupARN"
+    ]
+    return SeededGroup(
+        group=group,
+        group_arn=arn,
+        vpc_id=vpc_id,
+        subnet_id=subnet["SubnetId"],
+        launch_template=template,
+        launch_hook=hooks[LAUNCHING],
+        terminate_hook=hooks[TERMINATING],
+        instances=instances,
+    )
+
+
+def launch_instance(server: AwsServer, subnet_id: str, image_id: str | None, ip: str) -> str:
+    r = server.client("ec2").run_instances(
+        ImageId=image_id or IMAGE_ID,
+        MinCount=1,
+        MaxCount=1,
+        InstanceType="t3.small",
+        SubnetId=subnet_id,
+        PrivateIpAddress=ip,
+    )
+    return r["Instances"][0]["InstanceId"]
+
+
+def launch_into_group(server: AwsServer, seeded: SeededGroup, ip: str) -> tuple[str, LifecycleAction]:
+    """A scale-out: a new instance joins the group and pauses on the launch hook."""
+    instance_id = launch_instance(server, seeded.subnet_id, None, ip)
+    server.client("autoscaling").attach_instances(
+        AutoScalingGroupName=seeded.group, InstanceIds=[instance_id]
+    )
+    seeded.instances[instance_id] = ip
+    action = server.start_lifecycle_action(seeded.group, instance_id, LAUNCHING)
+    return instance_id, action
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    args = p.parse_args()
+    server = AwsServer(args.host, args.port).start()
+    print(f"{server.endpoint} (account {server.account_id}, region {server.region})", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

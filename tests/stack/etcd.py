@@ -1,0 +1,348 @@
+"""A real etcd 3.4 cluster on loopback addresses, for end-to-end tests of membership changes.
+
+Why real etcd and not a fake: the function's whole point is to change etcd membership without
+breaking quorum, and etcd's own answers (strict reconfig check, "unhealthy cluster" right after an
+election, "not leader" for MoveLeader, a removed member shutting itself down) are what it must cope
+with. Each node listens on its own 127.0.0.x address with the standard ports 2379/2380, so the
+function can build endpoints from instance private IPs exactly as it does in a VPC.
+
+Readiness has two steps, because a healthy cluster is not yet a cluster that accepts membership
+changes (etcd refuses them until its peers have been connected for about five seconds):
+
+1. every running node reports the same leader on the v3 HTTP gateway (`/v3/maintenance/status`);
+2. the leader accepts a membership change: a learner with an unreachable peer URL is added and at
+   once removed (adding even a learner goes through the same "connected long enough" check that a
+   removal does; removing a learner skips it). Refused with "unhealthy cluster" means "not yet":
+   poll again.
+
+Everything talks plain JSON to the v3 HTTP gateway, so no gRPC library is needed. Only processes
+this module started are ever signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+ETCD = os.environ.get("ETCD_BIN", "/usr/bin/etcd")
+CLIENT_PORT = 2379
+PEER_PORT = 2380
+
+
+class EtcdError(RuntimeError):
+    """A gateway call failed; `status` is the HTTP status (0 when nothing answered)."""
+
+    def __init__(self, message: str, status: int = 0, body: Any = None):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+def gateway(url: str, path: str, body: dict | None = None, timeout: float = 2.0) -> dict:
+    """POSTs JSON to etcd's v3 HTTP gateway at `url` (a client URL) and returns the answer."""
+    data = json.dumps(body or {}).encode()
+    req = urllib.request.Request(
+        url.rstrip("/") + path, data=data, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = raw.decode("utf-8", "replace")
+        message = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed
+        raise EtcdError(f"{url}{path}: HTTP {e.code}: {message}", e.code, parsed) from None
+    except (urllib.error.URLError, OSError) as e:
+        raise EtcdError(f"{url}{path}: {e}") from None
+
+
+@dataclass
+class Member:
+    id: int
+    name: str
+    peer_urls: list[str]
+    client_urls: list[str]
+    is_learner: bool
+
+    @staticmethod
+    def from_json(m: dict) -> "Member":
+        return Member(
+            id=int(m["ID"]),
+            name=m.get("name", ""),
+            peer_urls=list(m.get("peerURLs", [])),
+            client_urls=list(m.get("clientURLs", [])),
+            is_learner=bool(m.get("isLearner", False)),
+        )
+
+
+@dataclass
+class Node:
+    name: str
+    ip: str
+    data_dir: str
+    log_path: str
+    proc: subprocess.Popen | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.ip}:{CLIENT_PORT}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.ip}:{PEER_PORT}"
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class EtcdCluster:
+    """N etcd nodes named `names`, node i listening on `ips[i]`:2379 (client) and :2380 (peer)."""
+
+    def __init__(self, names: list[str], ips: list[str], root: str | None = None):
+        if len(names) != len(ips) or not names:
+            raise ValueError("give one IP per member name")
+        self._own_root = root is None
+        self.root = root or tempfile.mkdtemp(prefix="etcd-e2e-")
+        os.makedirs(self.root, exist_ok=True)
+        self.token = f"e2e-{os.getpid()}-{int(time.time() * 1000)}"
+        self.nodes: dict[str, Node] = {}
+        for name, ip in zip(names, ips):
+            self.nodes[name] = Node(
+                name=name,
+                ip=ip,
+                data_dir=os.path.join(self.root, name),
+                log_path=os.path.join(self.root, f"{name}.log"),
+            )
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def _initial_cluster(self) -> str:
+        return ",".join(f"{n.name}={n.peer_url}" for n in self.nodes.values())
+
+    def _spawn(self, node: Node, state: str) -> None:
+        args = [
+            ETCD,
+            "--name", node.name,
+            "--data-dir", node.data_dir,
+            "--listen-client-urls", node.client_url,
+            "--advertise-client-urls", node.client_url,
+            "--listen-peer-urls", node.peer_url,
+            "--initial-advertise-peer-urls", node.peer_url,
+            "--initial-cluster", self._initial_cluster(),
+            "--initial-cluster-state", state,
+            "--initial-cluster-token", self.token,
+            "--heartbeat-interval", "50",
+            "--election-timeout", "500",
+            "--logger", "zap",
+            "--log-outputs", "stderr",
+            *node.extra_args,
+        ]  # fmt: skip
+        log = open(node.log_path, "ab")
+        try:
+            node.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        finally:
+            log.close()
+
+    def start(self, timeout: float = 60.0) -> "EtcdCluster":
+        """Starts every node and waits until the cluster accepts membership changes."""
+        try:
+            for node in self.nodes.values():
+                self._spawn(node, "new")
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop_node(self, name: str, kill: bool = False, timeout: float = 15.0) -> None:
+        """Stops one node (SIGTERM, or SIGKILL when `kill`): its data stays for `start_node`."""
+        node = self.nodes[name]
+        if node.running():
+            node.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                node.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait(5)
+
+    def start_node(self, name: str) -> None:
+        """Restarts a stopped node from its data directory (it rejoins as the member it was)."""
+        node = self.nodes[name]
+        if node.running():
+            return
+        self._spawn(node, "existing")
+
+    def stop(self) -> None:
+        """Kills every node this cluster started and removes its data (teardown: a graceful stop
+        would first hand leadership over, which takes seconds and proves nothing here)."""
+        for node in self.nodes.values():
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.kill()
+        for node in self.nodes.values():
+            if node.proc is not None:
+                try:
+                    node.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    node.proc.kill()
+                    node.proc.wait(5)
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "EtcdCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- reading the cluster ------------------------------------------------------------------------
+    def running_nodes(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.running()]
+
+    def endpoints(self) -> list[str]:
+        return [n.client_url for n in self.nodes.values()]
+
+    def _ask(self, path: str, body: dict | None = None, prefer: str | None = None) -> dict:
+        """Asks running nodes in turn (`prefer` first) until one answers."""
+        nodes = self.running_nodes()
+        if prefer:
+            nodes.sort(key=lambda n: n.name != prefer)
+        errors = []
+        for node in nodes:
+            try:
+                return gateway(node.client_url, path, body)
+            except EtcdError as e:
+                errors.append(str(e))
+        raise EtcdError("no etcd node answered: " + "; ".join(errors or ["none is running"]))
+
+    def members(self) -> list[Member]:
+        """The member list, asked of the leader when there is one (a just-removed node may still
+        answer with its old view)."""
+        answer = self._ask("/v3/cluster/member/list", prefer=self.leader())
+        return [Member.from_json(m) for m in answer.get("members", [])]
+
+    def member_names(self) -> list[str]:
+        return sorted(m.name for m in self.members())
+
+    def status(self, name: str) -> dict:
+        return gateway(self.nodes[name].client_url, "/v3/maintenance/status")
+
+    def leader(self) -> str | None:
+        """The name of the running node that is the leader by its own status, or None."""
+        for node in self.running_nodes():
+            try:
+                status = self.status(node.name)
+            except EtcdError:
+                continue
+            if int(status.get("leader", 0) or 0) == int(status["header"]["member_id"]):
+                return node.name
+        return None
+
+    def leader_id(self) -> int | None:
+        name = self.leader()
+        return int(self.status(name)["header"]["member_id"]) if name else None
+
+    def followers(self) -> list[str]:
+        leader = self.leader()
+        return [n.name for n in self.running_nodes() if n.name != leader]
+
+    # -- changing the cluster (for test set-ups) ---------------------------------------------------
+    def add_member(self, peer_url: str, learner: bool = False, via: str | None = None) -> Member:
+        answer = self._ask(
+            "/v3/cluster/member/add",
+            {"peerURLs": [peer_url], "isLearner": learner},
+            prefer=via or self.leader(),
+        )
+        return Member.from_json(answer["member"])
+
+    def remove_member(self, member_id: int, via: str | None = None) -> None:
+        self._ask(
+            "/v3/cluster/member/remove",
+            {"ID": str(member_id)},
+            prefer=via or self.leader(),
+        )
+
+    # -- readiness -------------------------------------------------------------------------------
+    def wait_healthy(self, timeout: float = 30.0) -> str:
+        """Waits until every running node reports the same leader; returns the leader's name."""
+        deadline = time.monotonic() + timeout
+        last = "nothing asked yet"
+        while True:
+            try:
+                leaders = {int(self.status(n.name).get("leader", 0)) for n in self.running_nodes()}
+                if len(leaders) == 1 and 0 not in leaders:
+                    name = self.leader()
+                    if name:
+                        return name
+                    last = "the reported leader is not one of the running nodes"
+                last = f"leaders reported: {sorted(leaders)}"
+            except EtcdError as e:
+                last = str(e)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"etcd did not elect a leader in {timeout}s: {last}; logs in {self.root}")
+            time.sleep(0.1)
+
+    def wait_reconfig_ready(self, timeout: float = 30.0) -> None:
+        """Waits until the leader accepts a membership change (see the module docstring)."""
+        deadline = time.monotonic() + timeout
+        probe = "http://127.0.0.1:9"  # a peer URL nothing listens on: the learner never starts
+        last = ""
+        while True:
+            leader = self.wait_healthy(max(1.0, deadline - time.monotonic()))
+            try:
+                learner = self.add_member(probe, learner=True, via=leader)
+            except EtcdError as e:
+                last = str(e)
+            else:
+                self._remove_probe(learner.id, deadline)
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"etcd refused membership changes for {timeout}s: {last}; logs in {self.root}"
+                )
+            time.sleep(0.2)
+
+    def _remove_probe(self, member_id: int, deadline: float) -> None:
+        while True:
+            try:
+                self.remove_member(member_id)
+                return
+            except EtcdError as e:
+                if "member not found" in str(e):
+                    return
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        self.wait_reconfig_ready(timeout)
+
+    def wait_until(self, predicate, timeout: float = 15.0, what: str = "condition") -> None:
+        """Polls `predicate()` (gateway errors count as "not yet") until true."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if predicate():
+                    return
+            except EtcdError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"etcd: {what} not reached in {timeout}s")
+            time.sleep(0.1)
+
+    def log(self, name: str) -> str:
+        with open(self.nodes[name].log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
