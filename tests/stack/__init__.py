@@ -248,7 +248,11 @@ class FunctionProcess:
         try:
             return self.api.invoke(event, timeout_ms, wait_s, alive=self.alive)
         except (FunctionDied, InvocationTimeout) as e:
-            raise type(e)(f"{e}\n--- function output ---\n{self.output()}") from None
+            status = self.proc.poll()
+            state = "running" if status is None else f"exit status {status}"
+            raise type(e)(
+                f"{e} (process {state})\n--- function output ---\n{self.output()}"
+            ) from None
 
     def output(self, last: int = 60) -> str:
         with self._lock:

@@ -1,0 +1,49 @@
+"""Scale-out and the reconcile sweep: a launch clears members left behind by instances that died
+without a hook; the scheduled sweep finishes work whose event never arrived."""
+
+from __future__ import annotations
+
+from tests.e2e.base import E2ETestCase
+from tests.stack import LAUNCHING
+
+
+class LaunchTest(E2ETestCase):
+    def test_launch_removes_a_stale_member_and_continues(self):
+        gone = self.stack.followers()[0]
+        # The instance dies outside Auto Scaling's hooks (EC2 API, hardware): no terminate event.
+        self.stack.etcd.stop_node(gone)
+        self.stack.aws.terminate_outside_hooks(gone)
+        new, action = self.stack.start_launch()
+
+        payload = self.assertSucceeded(*self.invoke(self.stack.eventbridge(action)))
+
+        self.assertMember(gone, present=False)
+        self.assertEqual(len(self.members()), 2)
+        self.assertNotIn(new, self.members(), "learners are off by default")
+        self.assertCompleted(action, "CONTINUE")
+        self.assertEqual(self.stack.aws.lifecycle_state(new), "InService")
+        self.assertEqual(self.result_for(payload, new)["transition"], LAUNCHING)
+
+
+class SweepTest(E2ETestCase):
+    def test_sweep_finishes_instances_left_waiting(self):
+        victim = self.stack.followers()[0]
+        # Paused, but the events were lost: only the sweep can find them.
+        terminating = self.stack.start_terminate(victim)
+        new, launching = self.stack.start_launch()
+
+        payload = self.assertSucceeded(*self.invoke(self.stack.scheduled()))
+
+        self.assertMember(victim, present=False)
+        self.assertCompleted(terminating, "CONTINUE", by="instance_id")
+        self.assertCompleted(launching, "CONTINUE", by="instance_id")
+        self.assertIsNone(self.stack.aws.lifecycle_state(victim))
+        self.assertEqual(self.stack.aws.lifecycle_state(new), "InService")
+        self.result_for(payload, victim)
+        self.result_for(payload, new)
+
+    def test_sweep_with_nothing_to_do_changes_nothing(self):
+        before = self.members()
+        self.assertSucceeded(*self.invoke(self.stack.scheduled()))
+        self.assertEqual(self.members(), before)
+        self.assertEqual(self.stack.aws.completions(), [])

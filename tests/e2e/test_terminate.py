@@ -1,0 +1,94 @@
+"""Scale-in: the terminate hook removes the instance's etcd member and releases the instance, and
+never removes one when that would cost quorum (it holds instead)."""
+
+from __future__ import annotations
+
+from tests.e2e.base import HOLD_WORD, E2ETestCase
+from tests.stack import TERMINATING, events
+
+
+class TerminateTest(E2ETestCase):
+    def test_terminate_a_follower(self):
+        victim = self.stack.followers()[0]
+        leader = self.stack.leader()
+        action = self.stack.start_terminate(victim)
+
+        payload = self.assertSucceeded(*self.invoke(self.stack.eventbridge(action)))
+
+        self.assertMember(victim, present=False)
+        self.assertEqual(len(self.members()), 2)
+        self.assertCompleted(action, "CONTINUE")
+        self.assertEqual(self.stack.etcd.leader(), leader, "removing a follower moved the leader")
+        self.assertIsNone(self.stack.aws.lifecycle_state(victim), "instance left the group")
+        result = self.result_for(payload, victim)
+        self.assertEqual(result["group"], self.stack.group)
+        self.assertEqual(result["transition"], TERMINATING)
+        self.assertBreakersClosed(payload)
+
+    def test_terminate_the_leader(self):
+        victim = self.stack.leader()
+        action = self.stack.start_terminate(victim)
+
+        payload = self.assertSucceeded(*self.invoke(self.stack.eventbridge(action)))
+
+        self.assertMember(victim, present=False)
+        self.assertCompleted(action, "CONTINUE")
+        self.stack.etcd.wait_until(
+            lambda: self.stack.etcd.leader() not in (None, victim), what="a new leader"
+        )
+        self.assertIn(self.stack.etcd.leader(), self.members())
+        self.assertEqual(self.result_for(payload, victim)["transition"], TERMINATING)
+
+    def test_unsafe_removal_is_held_then_done_once_safe(self):
+        leader = self.stack.leader()
+        victim, down = self.stack.followers()
+        self.stack.etcd.stop_node(down)
+        action = self.stack.start_terminate(victim)
+
+        ok, payload = self.invoke(self.stack.eventbridge(action))
+
+        message = self.assertFailedWith(ok, payload, HOLD_WORD)
+        self.assertIn(victim, message, "the hold names the instance")
+        self.assertEqual(len(self.heartbeats_for(victim)), 1, self.context())
+        self.assertNotCompleted(victim)
+        self.assertEqual(sorted(self.members()), sorted(self.stack.instance_ids))
+        self.assertEqual(self.stack.aws.lifecycle_state(victim), "Terminating:Wait")
+
+        # Through SQS the held record is a failed batch item, so it is delivered again.
+        ok, payload = self.invoke(events.sqs(self.stack.notification(action)))
+        self.assertTrue(ok, f"an SQS batch answers a partial batch response: {payload}")
+        self.assertEqual(payload.get("batchItemFailures"), [{"itemIdentifier": "msg-0"}])
+        self.assertEqual(len(self.heartbeats_for(victim)), 2, self.context())
+        self.assertNotCompleted(victim)
+
+        # The node comes back: the redelivered event now removes and completes.
+        self.stack.etcd.start_node(down)
+        self.stack.etcd.wait_ready()
+        self.assertSucceeded(*self.invoke(self.stack.eventbridge(action)))
+        self.assertMember(victim, present=False)
+        self.assertCompleted(action, "CONTINUE")
+        self.assertIn(self.stack.etcd.leader(), (leader, down))
+
+    def test_the_same_event_twice_is_harmless(self):
+        victim = self.stack.followers()[0]
+        action = self.stack.start_terminate(victim)
+        event = self.stack.eventbridge(action)
+
+        self.assertSucceeded(*self.invoke(event))
+        members_after_first = self.members()
+        payload = self.assertSucceeded(*self.invoke(event))
+
+        self.assertEqual(self.members(), members_after_first)
+        self.assertEqual(len(members_after_first), 2)
+        self.assertCompleted(action, "CONTINUE")
+        self.assertEqual(self.result_for(payload, victim)["transition"], TERMINATING)
+
+    def test_endpoints_discovered_from_instance_addresses(self):
+        fn = self.spawn(ETCD_ENDPOINTS="", ETCD_CLIENT_SCHEME="http")
+        victim = self.stack.followers()[0]
+        action = self.stack.start_terminate(victim)
+
+        self.assertSucceeded(*self.invoke(self.stack.eventbridge(action), fn=fn), fn=fn)
+
+        self.assertMember(victim, present=False)
+        self.assertCompleted(action, "CONTINUE")
