@@ -66,6 +66,20 @@ pub enum HandlerError {
     },
 }
 
+impl HandlerError {
+    /// A stable name for the kind of failure, reported as Lambda's `errorType`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HandlerError::BadInput(_) => "InvalidEvent",
+            HandlerError::CircuitOpen(_) => "CircuitOpen",
+            HandlerError::Held { .. } => "Held",
+            HandlerError::Failed { .. } => "Failed",
+            HandlerError::SweepWithoutGroups => "SweepWithoutGroups",
+            HandlerError::Several { .. } => "Several",
+        }
+    }
+}
+
 /// What was done for one instance (or one message).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
