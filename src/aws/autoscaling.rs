@@ -1,0 +1,164 @@
+//! Auto Scaling lifecycle actions: complete, heartbeat, and what the sweep needs to find paused
+//! instances.
+//!
+//! Both `CompleteLifecycleAction` and `RecordLifecycleActionHeartbeat` answer "No active Lifecycle
+//! Action found" once an action is over. For an idempotent handler that is "already done" (complete)
+//! or "nothing left to hold" (heartbeat), never a failure, so redelivered events do no harm.
+
+use std::sync::Arc;
+
+use super::{aws_error, no_active_action};
+use crate::model::{
+    ActionKey, AwsError, Completion, GroupLifecycle, Heartbeat, Hook, Lifecycle, Transition,
+    WaitingInstance,
+};
+use crate::resilience::policy::Deadline;
+use crate::resilience::{Dependency, Resilience};
+
+/// Auto Scaling through the `autoscaling` breaker.
+#[derive(Debug, Clone)]
+pub struct AutoScalingLifecycle {
+    client: aws_sdk_autoscaling::Client,
+    resilience: Arc<Resilience>,
+    /// `LIFECYCLE_HOOK_NAMES`: the hooks the sweep may act on (empty: all).
+    hook_names: Vec<String>,
+}
+
+impl AutoScalingLifecycle {
+    pub fn new(
+        client: aws_sdk_autoscaling::Client,
+        resilience: Arc<Resilience>,
+        hook_names: Vec<String>,
+    ) -> Self {
+        Self {
+            client,
+            resilience,
+            hook_names,
+        }
+    }
+}
+
+/// The lifecycle states in which an instance waits on a hook, cold or warm pool.
+const WAITING: &[&str] = &[
+    "Pending:Wait",
+    "Terminating:Wait",
+    "Warmed:Pending:Wait",
+    "Warmed:Terminating:Wait",
+];
+const RETAINED: &[&str] = &[
+    "Terminating:Retained",
+    "Warmed:Terminating:Retained",
+    "Warmed:Pending:Retained",
+];
+
+impl Lifecycle for AutoScalingLifecycle {
+    async fn complete(&self, key: &ActionKey, deadline: &Deadline) -> Result<Completion, AwsError> {
+        let result = self
+            .resilience
+            .call(Dependency::Autoscaling, deadline, || {
+                let request = self
+                    .client
+                    .complete_lifecycle_action()
+                    .auto_scaling_group_name(&key.group)
+                    .lifecycle_hook_name(&key.hook)
+                    .lifecycle_action_result("CONTINUE");
+                match &key.token {
+                    Some(token) => request.lifecycle_action_token(token),
+                    None => request.instance_id(&key.instance_id),
+                }
+                .send()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(Completion::Completed),
+            Err(e) if no_active_action(&e) => Ok(Completion::AlreadyDone),
+            Err(e) => Err(aws_error("autoscaling:CompleteLifecycleAction", e)),
+        }
+    }
+
+    async fn heartbeat(&self, key: &ActionKey, deadline: &Deadline) -> Result<Heartbeat, AwsError> {
+        let result = self
+            .resilience
+            .call(Dependency::Autoscaling, deadline, || {
+                let request = self
+                    .client
+                    .record_lifecycle_action_heartbeat()
+                    .auto_scaling_group_name(&key.group)
+                    .lifecycle_hook_name(&key.hook);
+                match &key.token {
+                    Some(token) => request.lifecycle_action_token(token),
+                    None => request.instance_id(&key.instance_id),
+                }
+                .send()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(Heartbeat::Recorded),
+            Err(e) if no_active_action(&e) => Ok(Heartbeat::ActionOver),
+            Err(e) => Err(aws_error("autoscaling:RecordLifecycleActionHeartbeat", e)),
+        }
+    }
+
+    async fn group_lifecycle(
+        &self,
+        group: &str,
+        deadline: &Deadline,
+    ) -> Result<GroupLifecycle, AwsError> {
+        let hooks = self
+            .resilience
+            .call(Dependency::Autoscaling, deadline, || {
+                self.client
+                    .describe_lifecycle_hooks()
+                    .auto_scaling_group_name(group)
+                    .send()
+            })
+            .await
+            .map_err(|e| aws_error("autoscaling:DescribeLifecycleHooks", e))?;
+        let hooks = hooks
+            .lifecycle_hooks()
+            .iter()
+            .filter_map(|h| {
+                let name = h.lifecycle_hook_name()?.to_string();
+                let transition = match h.lifecycle_transition()? {
+                    "autoscaling:EC2_INSTANCE_LAUNCHING" => Transition::Launching,
+                    "autoscaling:EC2_INSTANCE_TERMINATING" => Transition::Terminating,
+                    _ => return None,
+                };
+                Some(Hook { name, transition })
+            })
+            .filter(|h| self.hook_names.is_empty() || self.hook_names.contains(&h.name))
+            .collect();
+
+        let groups = self
+            .resilience
+            .call(Dependency::Autoscaling, deadline, || {
+                self.client
+                    .describe_auto_scaling_groups()
+                    .auto_scaling_group_names(group)
+                    .send()
+            })
+            .await
+            .map_err(|e| aws_error("autoscaling:DescribeAutoScalingGroups", e))?;
+        let mut lifecycle = GroupLifecycle {
+            hooks,
+            ..GroupLifecycle::default()
+        };
+        for g in groups.auto_scaling_groups() {
+            for i in g.instances() {
+                let (Some(id), Some(state)) = (i.instance_id(), i.lifecycle_state()) else {
+                    continue;
+                };
+                let state = state.as_str();
+                if WAITING.contains(&state) {
+                    lifecycle.waiting.push(WaitingInstance {
+                        instance_id: id.to_string(),
+                        lifecycle_state: state.to_string(),
+                    });
+                } else if RETAINED.contains(&state) {
+                    lifecycle.retained.push(id.to_string());
+                }
+            }
+        }
+        Ok(lifecycle)
+    }
+}

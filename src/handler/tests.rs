@@ -1,0 +1,821 @@
+//! Every branch of the handler against in-memory fakes that record each call.
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::metrics::memory_sink;
+use crate::model::{GroupLifecycle, Hook, WaitingInstance};
+use crate::resilience::breaker::State;
+
+const GROUP: &str = "etcd-asg";
+
+fn instance(n: u8) -> Instance {
+    Instance {
+        id: format!("i-000000000000000{n}"),
+        private_ip: Some(format!("10.0.0.{n}").parse().unwrap()),
+        private_dns: Some(format!("ip-10-0-0-{n}.ec2.internal")),
+        state: "running".into(),
+    }
+}
+
+fn member(n: u8) -> Member {
+    Member {
+        id: u64::from(n) * 0x1111,
+        name: format!("i-000000000000000{n}"),
+        peer_urls: vec![format!("https://10.0.0.{n}:2380")],
+        client_urls: vec![format!("https://10.0.0.{n}:2379")],
+        is_learner: false,
+    }
+}
+
+#[derive(Default)]
+struct Calls(Mutex<Vec<String>>);
+
+impl Calls {
+    fn push(&self, call: String) {
+        self.0.lock().unwrap().push(call);
+    }
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+struct FakeFleet {
+    instances: Vec<Instance>,
+    calls: Arc<Calls>,
+}
+
+impl Fleet for FakeFleet {
+    async fn group_instances(&self, group: &str, _: &Deadline) -> Result<Vec<Instance>, AwsError> {
+        self.calls.push(format!("ec2:DescribeInstances {group}"));
+        Ok(self.instances.clone())
+    }
+}
+
+struct FakeLifecycle {
+    calls: Arc<Calls>,
+    /// Keys already completed: a second completion answers AlreadyDone.
+    done: Mutex<Vec<String>>,
+    group: GroupLifecycle,
+    open: Option<CircuitOpen>,
+}
+
+fn key_text(key: &ActionKey) -> String {
+    match &key.token {
+        Some(t) => format!("{} {} token={t}", key.group, key.hook),
+        None => format!("{} {} instance={}", key.group, key.hook, key.instance_id),
+    }
+}
+
+impl Lifecycle for FakeLifecycle {
+    async fn complete(&self, key: &ActionKey, _: &Deadline) -> Result<Completion, AwsError> {
+        if let Some(open) = self.open {
+            return Err(open.into());
+        }
+        let text = key_text(key);
+        self.calls.push(format!(
+            "autoscaling:CompleteLifecycleAction {text} CONTINUE"
+        ));
+        let mut done = self.done.lock().unwrap();
+        if done.contains(&key.instance_id) {
+            return Ok(Completion::AlreadyDone);
+        }
+        done.push(key.instance_id.clone());
+        Ok(Completion::Completed)
+    }
+
+    async fn heartbeat(&self, key: &ActionKey, _: &Deadline) -> Result<Heartbeat, AwsError> {
+        if let Some(open) = self.open {
+            return Err(open.into());
+        }
+        self.calls.push(format!(
+            "autoscaling:RecordLifecycleActionHeartbeat {}",
+            key_text(key)
+        ));
+        if self.done.lock().unwrap().contains(&key.instance_id) {
+            return Ok(Heartbeat::ActionOver);
+        }
+        Ok(Heartbeat::Recorded)
+    }
+
+    async fn group_lifecycle(&self, group: &str, _: &Deadline) -> Result<GroupLifecycle, AwsError> {
+        self.calls.push(format!("autoscaling:Describe {group}"));
+        Ok(self.group.clone())
+    }
+}
+
+/// etcd as a mutable view: removals and moves change it, like the real cluster would.
+struct FakeMembership {
+    view: Mutex<Option<ClusterView>>,
+    calls: Arc<Calls>,
+    refuse_removal: bool,
+}
+
+impl FakeMembership {
+    fn view(&self) -> Result<ClusterView, MembershipError> {
+        self.view
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| MembershipError::Unreachable {
+                endpoints: "https://10.0.0.1:2379".into(),
+                detail: "connection refused".into(),
+            })
+    }
+}
+
+impl Membership for FakeMembership {
+    async fn cluster(&self, _: &[Instance], _: &Deadline) -> Result<ClusterView, MembershipError> {
+        self.calls.push("etcd:MemberList+Status".into());
+        self.view()
+    }
+
+    async fn move_leader(
+        &self,
+        _: &ClusterView,
+        to: u64,
+        _: &Deadline,
+    ) -> Result<(), MembershipError> {
+        self.calls.push(format!("etcd:MoveLeader {to:x}"));
+        if let Some(v) = self.view.lock().unwrap().as_mut() {
+            v.leader = Some(to);
+        }
+        Ok(())
+    }
+
+    async fn remove(
+        &self,
+        view: &ClusterView,
+        member: u64,
+        _: &Deadline,
+    ) -> Result<Removal, MembershipError> {
+        self.calls.push(format!(
+            "etcd:MemberRemove {member:x} via leader {:x}",
+            view.leader.unwrap_or(0)
+        ));
+        if self.refuse_removal {
+            return Err(MembershipError::Refused {
+                detail: "etcdserver: unhealthy cluster".into(),
+            });
+        }
+        let mut guard = self.view.lock().unwrap();
+        let v = guard.as_mut().expect("cluster is up");
+        let before = v.members.len();
+        v.members.retain(|m| m.id != member);
+        v.healthy.retain(|&id| id != member);
+        Ok(if v.members.len() < before {
+            Removal::Removed
+        } else {
+            Removal::AlreadyGone
+        })
+    }
+
+    async fn add_learner(
+        &self,
+        _: &ClusterView,
+        name: &str,
+        peer_url: &str,
+        _: &Deadline,
+    ) -> Result<u64, MembershipError> {
+        self.calls
+            .push(format!("etcd:MemberAdd learner {name} {peer_url}"));
+        Ok(0xabc)
+    }
+
+    async fn promote(
+        &self,
+        _: &ClusterView,
+        member: u64,
+        _: &Deadline,
+    ) -> Result<Promotion, MembershipError> {
+        self.calls.push(format!("etcd:MemberPromote {member:x}"));
+        Ok(Promotion::NotReady)
+    }
+}
+
+type FakeHandler = Handler<FakeFleet, FakeLifecycle, FakeMembership>;
+
+struct World {
+    instances: Vec<Instance>,
+    view: Option<ClusterView>,
+    config: Config,
+    group: GroupLifecycle,
+    refuse_removal: bool,
+    open_lifecycle: Option<CircuitOpen>,
+}
+
+impl World {
+    /// Three running instances, each an etcd member, all healthy, member 1 leading.
+    fn three_nodes() -> Self {
+        Self {
+            instances: (1..=3).map(instance).collect(),
+            view: Some(ClusterView {
+                members: (1..=3).map(member).collect(),
+                healthy: (1..=3).map(|n| member(n).id).collect(),
+                leader: Some(member(1).id),
+            }),
+            config: Config::default(),
+            group: GroupLifecycle::default(),
+            refuse_removal: false,
+            open_lifecycle: None,
+        }
+    }
+
+    fn build(self) -> (FakeHandler, Arc<Calls>, Arc<Mutex<Vec<String>>>) {
+        let calls = Arc::new(Calls::default());
+        let (sink, lines) = memory_sink();
+        let handler = Handler {
+            resilience: Arc::new(Resilience::new(self.config.resilience())),
+            config: Arc::new(self.config),
+            fleet: FakeFleet {
+                instances: self.instances,
+                calls: Arc::clone(&calls),
+            },
+            lifecycle: FakeLifecycle {
+                calls: Arc::clone(&calls),
+                done: Mutex::new(Vec::new()),
+                group: self.group,
+                open: self.open_lifecycle,
+            },
+            membership: FakeMembership {
+                view: Mutex::new(self.view),
+                calls: Arc::clone(&calls),
+                refuse_removal: self.refuse_removal,
+            },
+            metrics: sink,
+            function_name: "etcd-lifecycle-hook".into(),
+        };
+        (handler, calls, lines)
+    }
+}
+
+fn minute() -> Deadline {
+    Deadline::after(Duration::from_secs(60), Duration::from_secs(2))
+}
+
+fn lifecycle_event(transition: &str, instance: &str) -> Value {
+    let detail_type = if transition.ends_with("LAUNCHING") {
+        "EC2 Instance-launch Lifecycle Action"
+    } else {
+        "EC2 Instance-terminate Lifecycle Action"
+    };
+    json!({
+        "detail-type": detail_type,
+        "source": "aws.autoscaling",
+        "detail": {
+            "LifecycleActionToken": "tok-1",
+            "AutoScalingGroupName": GROUP,
+            "LifecycleHookName": "hook",
+            "EC2InstanceId": instance,
+            "LifecycleTransition": transition,
+        }
+    })
+}
+
+fn terminate(n: u8) -> Value {
+    lifecycle_event("autoscaling:EC2_INSTANCE_TERMINATING", &instance(n).id)
+}
+
+fn launch(id: &str) -> Value {
+    lifecycle_event("autoscaling:EC2_INSTANCE_LAUNCHING", id)
+}
+
+fn complete_call(n: u8) -> String {
+    format!("autoscaling:CompleteLifecycleAction {GROUP} hook token=tok-1 CONTINUE (i-{n})")
+        .replace(&format!(" (i-{n})"), "")
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn terminate_a_follower_removes_it_then_completes() {
+    let (h, calls, _) = World::three_nodes().build();
+    let out = h.handle(&terminate(3), minute()).await.unwrap();
+    assert_eq!(
+        calls.all(),
+        strs(&[
+            "ec2:DescribeInstances etcd-asg",
+            "etcd:MemberList+Status",
+            "etcd:MemberRemove 3333 via leader 1111",
+            &complete_call(3),
+        ])
+    );
+    let r = &out["results"][0];
+    assert_eq!(
+        (r["action"].as_str(), r["result"].as_str()),
+        (Some("completed"), Some("CONTINUE"))
+    );
+    assert_eq!(r["member_removed"], true);
+    assert_eq!(r["leader_moved"], false);
+    assert_eq!(out["breakers"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn terminate_the_leader_moves_leadership_first() {
+    let (h, calls, _) = World::three_nodes().build();
+    let out = h.handle(&terminate(1), minute()).await.unwrap();
+    assert_eq!(
+        calls.all(),
+        strs(&[
+            "ec2:DescribeInstances etcd-asg",
+            "etcd:MemberList+Status",
+            "etcd:MoveLeader 2222",
+            "etcd:MemberRemove 1111 via leader 2222",
+            &complete_call(1),
+        ])
+    );
+    assert_eq!(out["results"][0]["leader_moved"], true);
+}
+
+#[tokio::test]
+async fn unsafe_removal_holds_with_one_heartbeat_and_nothing_else() {
+    let mut world = World::three_nodes();
+    world
+        .view
+        .as_mut()
+        .unwrap()
+        .healthy
+        .retain(|&id| id != member(2).id);
+    let (h, calls, lines) = world.build();
+    let err = h.handle(&terminate(3), minute()).await.unwrap_err();
+    assert_eq!(
+        calls.all(),
+        strs(&[
+            "ec2:DescribeInstances etcd-asg",
+            "etcd:MemberList+Status",
+            "autoscaling:RecordLifecycleActionHeartbeat etcd-asg hook token=tok-1",
+        ])
+    );
+    let text = err.to_string();
+    assert!(
+        text.starts_with("held i-0000000000000003 of etcd-asg"),
+        "{text}"
+    );
+    assert!(
+        text.contains("would break quorum: 1 of 2 remaining voting members healthy, 2 needed"),
+        "{text}"
+    );
+    let lines = lines.lock().unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("\"QuorumHolds\":1.0")),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn refused_removal_is_a_hold() {
+    let mut world = World::three_nodes();
+    world.refuse_removal = true;
+    let (h, calls, _) = world.build();
+    let err = h.handle(&terminate(3), minute()).await.unwrap_err();
+    assert!(matches!(err, HandlerError::Held { .. }), "{err}");
+    assert!(err.to_string().contains("unhealthy cluster"));
+    assert!(calls
+        .all()
+        .iter()
+        .all(|c| !c.contains("CompleteLifecycleAction")));
+}
+
+#[tokio::test]
+async fn no_member_means_already_gone_and_complete() {
+    let mut world = World::three_nodes();
+    world
+        .view
+        .as_mut()
+        .unwrap()
+        .members
+        .retain(|m| m.id != member(3).id);
+    let (h, calls, _) = world.build();
+    let out = h.handle(&terminate(3), minute()).await.unwrap();
+    assert_eq!(calls.all().last().unwrap(), &complete_call(3));
+    assert!(calls.all().iter().all(|c| !c.contains("MemberRemove")));
+    assert_eq!(out["results"][0]["member_removed"], false);
+}
+
+#[tokio::test]
+async fn the_same_event_twice_does_no_harm() {
+    let (h, calls, _) = World::three_nodes().build();
+    h.handle(&terminate(3), minute()).await.unwrap();
+    let out = h.handle(&terminate(3), minute()).await.unwrap();
+    assert_eq!(out["results"][0]["result"], "ALREADY_DONE");
+    let removals = calls
+        .all()
+        .iter()
+        .filter(|c| c.contains("MemberRemove"))
+        .count();
+    assert_eq!(removals, 1);
+}
+
+#[tokio::test]
+async fn other_groups_are_skipped_without_a_call() {
+    let mut world = World::three_nodes();
+    world.config.asg_names = vec!["another-group".into()];
+    let (h, calls, _) = world.build();
+    let out = h.handle(&terminate(3), minute()).await.unwrap();
+    assert!(calls.all().is_empty());
+    assert_eq!(out["results"][0]["action"], "skipped");
+}
+
+#[tokio::test]
+async fn inside_the_deadline_reserve_only_a_heartbeat_is_sent() {
+    let (h, calls, _) = World::three_nodes().build();
+    let short = Deadline::after(Duration::from_millis(1500), Duration::from_secs(2));
+    let err = h.handle(&terminate(3), short).await.unwrap_err();
+    assert_eq!(
+        calls.all(),
+        strs(&["autoscaling:RecordLifecycleActionHeartbeat etcd-asg hook token=tok-1"])
+    );
+    assert!(err.to_string().contains("too little time left"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_fails_the_flow_before_any_call() {
+    let (h, calls, _) = World::three_nodes().build();
+    let etcd = h.resilience.breaker(Dependency::Etcd);
+    for _ in 0..5 {
+        etcd.acquire(Instant::now())
+            .unwrap()
+            .failure(Instant::now());
+    }
+    let err = h.handle(&terminate(3), minute()).await.unwrap_err();
+    assert_eq!(err.to_string(), "circuit open for etcd; retry after 60s");
+    assert!(calls.all().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_circuit_that_opens_mid_flow_is_what_the_invocation_says() {
+    let mut world = World::three_nodes();
+    world.open_lifecycle = Some(CircuitOpen {
+        dependency: Dependency::Autoscaling,
+        retry_after: Duration::from_secs(42),
+    });
+    let (h, _, _) = world.build();
+    let err = h.handle(&terminate(3), minute()).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "circuit open for autoscaling; retry after 42s"
+    );
+}
+
+#[tokio::test]
+async fn launch_removes_stale_members_one_at_a_time() {
+    let mut world = World::three_nodes();
+    // Instance 3 died without a hook; instance 4 is launching.
+    world.instances = vec![instance(1), instance(2), instance(4)];
+    let (h, calls, _) = world.build();
+    let out = h.handle(&launch(&instance(4).id), minute()).await.unwrap();
+    assert_eq!(
+        calls.all(),
+        strs(&[
+            "ec2:DescribeInstances etcd-asg",
+            "etcd:MemberList+Status",
+            "etcd:MemberRemove 3333 via leader 1111",
+            "etcd:MemberList+Status",
+            &complete_call(4),
+        ])
+    );
+    assert!(out["results"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("stale member i-0000000000000003"));
+}
+
+#[tokio::test]
+async fn launch_adds_a_learner_when_asked() {
+    let mut world = World::three_nodes();
+    world.instances.push(instance(4));
+    world.config.etcd_add_learner_on_launch = true;
+    let (h, calls, _) = world.build();
+    h.handle(&launch(&instance(4).id), minute()).await.unwrap();
+    assert!(calls
+        .all()
+        .contains(&"etcd:MemberAdd learner i-0000000000000004 https://10.0.0.4:2380".to_string()));
+}
+
+#[tokio::test]
+async fn no_learner_while_another_catches_up() {
+    let mut world = World::three_nodes();
+    world.instances.extend([instance(4), instance(5)]);
+    let mut learner = member(5);
+    learner.is_learner = true;
+    world.view.as_mut().unwrap().members.push(learner);
+    world.config.etcd_add_learner_on_launch = true;
+    let (h, calls, _) = world.build();
+    let out = h.handle(&launch(&instance(4).id), minute()).await.unwrap();
+    assert!(calls.all().iter().all(|c| !c.contains("MemberAdd")));
+    assert!(out["results"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("another learner"));
+}
+
+#[tokio::test]
+async fn first_launch_bootstraps_without_asking_etcd() {
+    let mut world = World::three_nodes();
+    world.instances = vec![instance(1)];
+    world.view = None;
+    let (h, calls, _) = world.build();
+    let out = h.handle(&launch(&instance(1).id), minute()).await.unwrap();
+    assert_eq!(
+        calls.all(),
+        strs(&["ec2:DescribeInstances etcd-asg", &complete_call(1)])
+    );
+    assert!(out["results"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("bootstrapped"));
+}
+
+#[tokio::test]
+async fn unreachable_etcd_on_launch_means_bootstrap() {
+    let mut world = World::three_nodes();
+    world.view = None;
+    let (h, calls, _) = world.build();
+    let out = h
+        .handle(&launch("i-0000000000000009"), minute())
+        .await
+        .unwrap();
+    assert_eq!(out["results"][0]["result"], "CONTINUE");
+    assert_eq!(calls.all().len(), 3);
+}
+
+#[tokio::test]
+async fn warm_pool_launch_only_completes() {
+    let (h, calls, _) = World::three_nodes().build();
+    let mut event = launch("i-0000000000000009");
+    event["detail"]["Destination"] = json!("WarmPool");
+    h.handle(&event, minute()).await.unwrap();
+    assert_eq!(
+        calls.all(),
+        strs(&["autoscaling:CompleteLifecycleAction etcd-asg hook token=tok-1 CONTINUE"])
+    );
+}
+
+#[tokio::test]
+async fn sweep_finishes_an_instance_left_in_terminating_wait() {
+    let mut world = World::three_nodes();
+    world.config.asg_names = vec![GROUP.into()];
+    world.group = GroupLifecycle {
+        hooks: vec![Hook {
+            name: "etcd-terminate".into(),
+            transition: Transition::Terminating,
+        }],
+        waiting: vec![WaitingInstance {
+            instance_id: instance(3).id,
+            lifecycle_state: "Terminating:Wait".into(),
+        }],
+        retained: vec![],
+    };
+    let (h, calls, _) = world.build();
+    let sweep = json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}});
+    let out = h.handle(&sweep, minute()).await.unwrap();
+    let calls = calls.all();
+    assert!(
+        calls.contains(&"etcd:MemberRemove 3333 via leader 1111".to_string()),
+        "{calls:?}"
+    );
+    assert!(calls.contains(
+        &"autoscaling:CompleteLifecycleAction etcd-asg etcd-terminate instance=i-0000000000000003 CONTINUE".to_string()
+    ));
+    assert_eq!(out["results"][0]["action"], "completed");
+}
+
+#[tokio::test]
+async fn sweep_holds_what_is_unsafe_and_answers_an_error() {
+    let mut world = World::three_nodes();
+    world.config.asg_names = vec![GROUP.into()];
+    world
+        .view
+        .as_mut()
+        .unwrap()
+        .healthy
+        .retain(|&id| id != member(2).id);
+    world.group.hooks = vec![Hook {
+        name: "etcd-terminate".into(),
+        transition: Transition::Terminating,
+    }];
+    world.group.waiting = vec![WaitingInstance {
+        instance_id: instance(3).id,
+        lifecycle_state: "Terminating:Wait".into(),
+    }];
+    let (h, calls, _) = world.build();
+    let sweep = json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}});
+    let err = h.handle(&sweep, minute()).await.unwrap_err();
+    assert!(err.to_string().contains("held i-0000000000000003"), "{err}");
+    assert!(calls.all().contains(
+        &"autoscaling:RecordLifecycleActionHeartbeat etcd-asg etcd-terminate instance=i-0000000000000003".to_string()
+    ));
+}
+
+#[tokio::test]
+async fn sweep_without_groups_is_a_clear_error() {
+    let (h, calls, _) = World::three_nodes().build();
+    let sweep = json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}});
+    let err = h.handle(&sweep, minute()).await.unwrap_err();
+    assert!(err.to_string().contains("ASG_NAMES"));
+    assert!(calls.all().is_empty());
+}
+
+#[tokio::test]
+async fn sqs_batch_reports_only_the_failed_records() {
+    let mut world = World::three_nodes();
+    world
+        .view
+        .as_mut()
+        .unwrap()
+        .healthy
+        .retain(|&id| id != member(2).id);
+    let (h, _, _) = world.build();
+    let body = |n: u8| {
+        json!({
+            "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+            "AutoScalingGroupName": GROUP, "LifecycleHookName": "hook",
+            "LifecycleActionToken": format!("tok-{n}"), "EC2InstanceId": instance(n).id,
+        })
+        .to_string()
+    };
+    let batch = json!({"Records": [
+        {"messageId": "m-held", "body": body(3), "eventSource": "aws:sqs"},
+        {"messageId": "m-poison", "body": "not json", "eventSource": "aws:sqs"},
+        {"messageId": "m-gone", "body": body(2), "eventSource": "aws:sqs"},
+    ]});
+    let out = h.handle(&batch, minute()).await.unwrap();
+    let failed: Vec<&str> = out["batchItemFailures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap())
+        .collect();
+    // Removing 3 is unsafe with 2 down: held. Removing 2 (the dead one) is safe: done.
+    assert_eq!(failed, vec!["m-held", "m-poison"]);
+}
+
+#[tokio::test]
+async fn test_notifications_and_bad_input_make_no_call() {
+    let (h, calls, _) = World::three_nodes().build();
+    let note = json!({"Records": [{"EventSource": "aws:sns", "Sns": {"Message": json!({
+        "Event": "autoscaling:TEST_NOTIFICATION", "AutoScalingGroupName": GROUP}).to_string()}}]});
+    let out = h.handle(&note, minute()).await.unwrap();
+    assert_eq!(out["results"][0]["action"], "ignored");
+    let err = h
+        .handle(
+            &json!({"detail-type": "EC2 Instance-terminate Lifecycle Action", "detail": {}}),
+            minute(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HandlerError::BadInput(_)));
+    assert!(calls.all().is_empty());
+}
+
+/// Every EMF line is a valid CloudWatch Embedded Metric Format document.
+#[tokio::test]
+async fn emf_lines_follow_the_schema() {
+    let (h, _, lines) = World::three_nodes().build();
+    h.handle(&terminate(3), minute()).await.unwrap();
+    let lines = lines.lock().unwrap().clone();
+    assert!(lines.len() >= 2, "{lines:?}");
+    let mut names = Vec::new();
+    for line in &lines {
+        let doc: Value = serde_json::from_str(line).unwrap();
+        let aws = &doc["_aws"];
+        assert!(aws["Timestamp"].as_u64().unwrap() > 1_600_000_000_000);
+        for directive in aws["CloudWatchMetrics"].as_array().unwrap() {
+            assert_eq!(directive["Namespace"], crate::metrics::NAMESPACE);
+            for set in directive["Dimensions"].as_array().unwrap() {
+                for dim in set.as_array().unwrap() {
+                    assert!(
+                        doc[dim.as_str().unwrap()].is_string(),
+                        "dimension {dim} has a value in {line}"
+                    );
+                }
+            }
+            for metric in directive["Metrics"].as_array().unwrap() {
+                let name = metric["Name"].as_str().unwrap();
+                assert!(["Count", "Milliseconds"].contains(&metric["Unit"].as_str().unwrap()));
+                assert!(doc[name].is_number(), "{name} is numeric in {line}");
+                names.push(name.to_string());
+            }
+        }
+    }
+    for expected in [
+        "MembersRemoved",
+        "QuorumHolds",
+        "Retries",
+        "HandlerDuration",
+        "LifecycleActionsCompleted",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+    assert!(lines.iter().any(|l| l.contains("\"MembersRemoved\":1.0")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_transitions_are_emitted() {
+    let (h, _, lines) = World::three_nodes().build();
+    let ec2 = h.resilience.breaker(Dependency::Ec2);
+    for _ in 0..5 {
+        ec2.acquire(Instant::now()).unwrap().failure(Instant::now());
+    }
+    let _ = h.handle(&terminate(3), minute()).await;
+    let lines = lines.lock().unwrap();
+    let doc = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|d| d.get("BreakerTransitions").is_some())
+        .expect("a BreakerTransitions document");
+    assert_eq!(
+        (doc["Dependency"].as_str(), doc["State"].as_str()),
+        (Some("ec2"), Some(State::Open.as_str()))
+    );
+}
+
+mod bad_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arbitrary_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[a-zA-Z:_ -]{0,12}".prop_map(Value::from),
+            prop::sample::select(vec![
+                "aws:sqs",
+                "aws:sns",
+                "Notification",
+                "Scheduled Event",
+                "autoscaling:EC2_INSTANCE_TERMINATING",
+                "EC2 Instance-terminate Lifecycle Action",
+                "i-0123",
+                "etcd-asg",
+            ])
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            let keys = prop::sample::select(vec![
+                "Records",
+                "detail",
+                "detail-type",
+                "body",
+                "Sns",
+                "Message",
+                "eventSource",
+                "EventSource",
+                "LifecycleTransition",
+                "EC2InstanceId",
+                "LifecycleActionToken",
+                "AutoScalingGroupName",
+                "LifecycleHookName",
+                "Type",
+                "Event",
+                "messageId",
+                "Destination",
+            ]);
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(keys, inner, 0..6).prop_map(|m| Value::Object(
+                    m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                )),
+            ]
+        })
+    }
+
+    /// A valid terminate event with one field replaced by an arbitrary value.
+    fn mutated_event() -> impl Strategy<Value = Value> {
+        let fields = prop::sample::select(vec![
+            "LifecycleActionToken",
+            "AutoScalingGroupName",
+            "LifecycleHookName",
+            "EC2InstanceId",
+            "LifecycleTransition",
+        ]);
+        (fields, arbitrary_json()).prop_map(|(field, value)| {
+            let mut event = terminate(3);
+            event["detail"][field] = value;
+            event
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        /// Arbitrary and mutated input never panics, and input the parser rejects never reaches
+        /// an AWS or etcd call.
+        #[test]
+        fn rejected_input_makes_no_call(payload in prop_oneof![arbitrary_json(), mutated_event()]) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let (h, calls, _) = World::three_nodes().build();
+            let parsed = event::parse(&payload);
+            let answer = runtime.block_on(h.handle(&payload, minute()));
+            if let Err(e) = parsed {
+                prop_assert!(calls.all().is_empty(), "{e} but calls {:?}", calls.all());
+                prop_assert!(matches!(answer, Err(HandlerError::BadInput(_))));
+            }
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The AWS wrappers against `aws-smithy-mocks` clients (SDK retries disabled, as in production):
+//! retries, idempotent completion, heartbeats, paging, the breaker, and the request count of a
+//! happy-path terminate.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_autoscaling::operation::complete_lifecycle_action::{
+    CompleteLifecycleActionError, CompleteLifecycleActionOutput,
+};
+use aws_sdk_autoscaling::operation::record_lifecycle_action_heartbeat::{
+    RecordLifecycleActionHeartbeatError, RecordLifecycleActionHeartbeatOutput,
+};
+use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
+use aws_sdk_ec2::types::{Instance as Ec2Instance, InstanceState, InstanceStateName, Reservation};
+use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+use aws_smithy_types::error::ErrorMetadata;
+use aws_smithy_types::retry::RetryConfig;
+use etcd_lifecycle_hook::aws::autoscaling::AutoScalingLifecycle;
+use etcd_lifecycle_hook::aws::ec2::Ec2Fleet;
+use etcd_lifecycle_hook::config::Config;
+use etcd_lifecycle_hook::handler::Handler;
+use etcd_lifecycle_hook::metrics::memory_sink;
+use etcd_lifecycle_hook::model::*;
+use etcd_lifecycle_hook::resilience::breaker::State;
+use etcd_lifecycle_hook::resilience::policy::Deadline;
+use etcd_lifecycle_hook::resilience::{Dependency, Resilience};
+use serde_json::json;
+
+fn resilience() -> Arc<Resilience> {
+    Arc::new(Resilience::new(Config::default().resilience()))
+}
+
+fn autoscaling(rules: &[&Rule], resilience: &Arc<Resilience>) -> AutoScalingLifecycle {
+    let client = mock_client!(aws_sdk_autoscaling, RuleMode::Sequential, rules, |c| c
+        .retry_config(RetryConfig::disabled()));
+    AutoScalingLifecycle::new(client, Arc::clone(resilience), vec![])
+}
+
+fn deadline() -> Deadline {
+    Deadline::after(Duration::from_secs(60), Duration::from_secs(2))
+}
+
+fn key() -> ActionKey {
+    ActionKey {
+        group: "etcd-asg".into(),
+        hook: "etcd-terminate".into(),
+        instance_id: "i-0123456789abcdef0".into(),
+        token: Some("tok".into()),
+    }
+}
+
+fn no_active_action() -> ErrorMetadata {
+    ErrorMetadata::builder()
+        .code("ValidationError")
+        .message("No active Lifecycle Action found with token tok")
+        .build()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_503_then_success_is_retried() {
+    let rule = mock!(aws_sdk_autoscaling::Client::complete_lifecycle_action)
+        .sequence()
+        .http_status(503, None)
+        .output(|| CompleteLifecycleActionOutput::builder().build())
+        .build();
+    let layer = resilience();
+    let done = autoscaling(&[&rule], &layer)
+        .complete(&key(), &deadline())
+        .await
+        .unwrap();
+    assert_eq!(done, Completion::Completed);
+    assert_eq!(rule.num_calls(), 2);
+    assert_eq!(layer.take_retries(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_validation_error_is_not_retried() {
+    let rule = mock!(aws_sdk_autoscaling::Client::complete_lifecycle_action).then_error(|| {
+        CompleteLifecycleActionError::generic(
+            ErrorMetadata::builder()
+                .code("ValidationError")
+                .message("1 validation error detected")
+                .build(),
+        )
+    });
+    let layer = resilience();
+    let err = autoscaling(&[&rule], &layer)
+        .complete(&key(), &deadline())
+        .await
+        .unwrap_err();
+    assert_eq!(rule.num_calls(), 1);
+    let text = err.to_string();
+    assert!(
+        text.contains("autoscaling:CompleteLifecycleAction failed")
+            && text.contains("1 validation error detected"),
+        "{text}"
+    );
+    assert_eq!(
+        layer
+            .breaker(Dependency::Autoscaling)
+            .snapshot(tokio::time::Instant::now())
+            .consecutive_failures,
+        0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn completing_twice_is_already_done() {
+    let rule = mock!(aws_sdk_autoscaling::Client::complete_lifecycle_action)
+        .sequence()
+        .output(|| CompleteLifecycleActionOutput::builder().build())
+        .error(|| CompleteLifecycleActionError::generic(no_active_action()))
+        .build();
+    let lifecycle = autoscaling(&[&rule], &resilience());
+    assert_eq!(
+        lifecycle.complete(&key(), &deadline()).await.unwrap(),
+        Completion::Completed
+    );
+    assert_eq!(
+        lifecycle.complete(&key(), &deadline()).await.unwrap(),
+        Completion::AlreadyDone
+    );
+    assert_eq!(rule.num_calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn completion_by_instance_id_when_there_is_no_token() {
+    let rule = mock!(aws_sdk_autoscaling::Client::complete_lifecycle_action)
+        .match_requests(|r| {
+            r.instance_id() == Some("i-0123456789abcdef0")
+                && r.lifecycle_action_token().is_none()
+                && r.lifecycle_action_result() == Some("CONTINUE")
+        })
+        .then_output(|| CompleteLifecycleActionOutput::builder().build());
+    let lifecycle = autoscaling(&[&rule], &resilience());
+    let by_id = ActionKey {
+        token: None,
+        ..key()
+    };
+    assert_eq!(
+        lifecycle.complete(&by_id, &deadline()).await.unwrap(),
+        Completion::Completed
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeat_then_action_over() {
+    let rule = mock!(aws_sdk_autoscaling::Client::record_lifecycle_action_heartbeat)
+        .sequence()
+        .output(|| RecordLifecycleActionHeartbeatOutput::builder().build())
+        .error(|| RecordLifecycleActionHeartbeatError::generic(no_active_action()))
+        .build();
+    let lifecycle = autoscaling(&[&rule], &resilience());
+    assert_eq!(
+        lifecycle.heartbeat(&key(), &deadline()).await.unwrap(),
+        Heartbeat::Recorded
+    );
+    assert_eq!(
+        lifecycle.heartbeat(&key(), &deadline()).await.unwrap(),
+        Heartbeat::ActionOver
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn five_consecutive_503s_open_the_circuit_and_the_sixth_call_makes_no_request() {
+    let rule = mock!(aws_sdk_autoscaling::Client::complete_lifecycle_action)
+        .sequence()
+        .http_status(503, None)
+        .repeatedly()
+        .build();
+    let layer = resilience();
+    let lifecycle = autoscaling(&[&rule], &layer);
+    // Four attempts in the first call, the fifth failure (second call) opens the circuit.
+    let first = lifecycle.complete(&key(), &deadline()).await.unwrap_err();
+    assert!(
+        first
+            .to_string()
+            .contains("kept failing after 4 attempt(s)"),
+        "{first}"
+    );
+    assert_eq!(rule.num_calls(), 4);
+    let second = lifecycle.complete(&key(), &deadline()).await.unwrap_err();
+    assert_eq!(rule.num_calls(), 5);
+    assert!(
+        second
+            .to_string()
+            .starts_with("circuit open for autoscaling; retry after"),
+        "{second}"
+    );
+    let third = lifecycle.complete(&key(), &deadline()).await.unwrap_err();
+    assert_eq!(rule.num_calls(), 5, "no request while open");
+    assert_eq!(
+        third.to_string(),
+        "circuit open for autoscaling; retry after 60s"
+    );
+    assert_eq!(
+        layer
+            .breaker(Dependency::Autoscaling)
+            .state(tokio::time::Instant::now()),
+        State::Open
+    );
+}
+
+fn ec2_instance(n: u8) -> Ec2Instance {
+    Ec2Instance::builder()
+        .instance_id(format!("i-000000000000000{n}"))
+        .private_ip_address(format!("10.0.0.{n}"))
+        .private_dns_name(format!("ip-10-0-0-{n}.ec2.internal"))
+        .state(
+            InstanceState::builder()
+                .name(InstanceStateName::Running)
+                .build(),
+        )
+        .build()
+}
+
+fn ec2_fleet(rules: &[&Rule], layer: &Arc<Resilience>) -> Ec2Fleet {
+    let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, rules, |c| c
+        .retry_config(RetryConfig::disabled()));
+    Ec2Fleet::new(client, Arc::clone(layer))
+}
+
+#[tokio::test(start_paused = true)]
+async fn describe_instances_follows_every_page() {
+    let first = mock!(aws_sdk_ec2::Client::describe_instances)
+        .match_requests(|r| r.next_token().is_none())
+        .then_output(|| {
+            DescribeInstancesOutput::builder()
+                .reservations(
+                    Reservation::builder()
+                        .instances(ec2_instance(1))
+                        .instances(ec2_instance(2))
+                        .build(),
+                )
+                .next_token("page-2")
+                .build()
+        });
+    let second = mock!(aws_sdk_ec2::Client::describe_instances)
+        .match_requests(|r| {
+            r.next_token() == Some("page-2")
+                && r.filters().iter().any(|f| {
+                    f.name() == Some("tag:aws:autoscaling:groupName") && f.values() == ["etcd-asg"]
+                })
+        })
+        .then_output(|| {
+            DescribeInstancesOutput::builder()
+                .reservations(Reservation::builder().instances(ec2_instance(3)).build())
+                .build()
+        });
+    let fleet = ec2_fleet(&[&first, &second], &resilience());
+    let instances = fleet
+        .group_instances("etcd-asg", &deadline())
+        .await
+        .unwrap();
+    let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "i-0000000000000001",
+            "i-0000000000000002",
+            "i-0000000000000003"
+        ]
+    );
+    assert_eq!(instances[2].private_ip, Some("10.0.0.3".parse().unwrap()));
+    assert_eq!(instances[2].state, "running");
+    assert_eq!((first.num_calls(), second.num_calls()), (1, 1));
+}
+
+/// etcd for the request-count test: three healthy members named after the instances.
+struct ThreeMembers(Mutex<Vec<u64>>);
+
+impl Membership for ThreeMembers {
+    async fn cluster(&self, _: &[Instance], _: &Deadline) -> Result<ClusterView, MembershipError> {
+        let ids = self.0.lock().unwrap().clone();
+        Ok(ClusterView {
+            members: ids
+                .iter()
+                .map(|&n| Member {
+                    id: n,
+                    name: format!("i-000000000000000{n}"),
+                    peer_urls: vec![],
+                    client_urls: vec![],
+                    is_learner: false,
+                })
+                .collect(),
+            healthy: ids.clone(),
+            leader: Some(1),
+        })
+    }
+    async fn move_leader(
+        &self,
+        _: &ClusterView,
+        _: u64,
+        _: &Deadline,
+    ) -> Result<(), MembershipError> {
+        Ok(())
+    }
+    async fn remove(
+        &self,
+        _: &ClusterView,
+        member: u64,
+        _: &Deadline,
+    ) -> Result<Removal, MembershipError> {
+        self.0.lock().unwrap().retain(|&m| m != member);
+        Ok(Removal::Removed)
+    }
+    async fn add_learner(
+        &self,
+        _: &ClusterView,
+        _: &str,
+        _: &str,
+        _: &Deadline,
+    ) -> Result<u64, MembershipError> {
+        unreachable!("not on this path")
+    }
+    async fn promote(
+        &self,
+        _: &ClusterView,
+        _: u64,
+        _: &Deadline,
+    ) -> Result<Promotion, MembershipError> {
+        unreachable!("not on this path")
+    }
+}
+
+/// The happy path of a terminate event makes exactly two AWS requests.
+#[tokio::test(start_paused = true)]
+async fn a_happy_terminate_makes_two_aws_requests() {
+    let describe = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| {
+        DescribeInstancesOutput::builder()
+            .reservations(
+                Reservation::builder()
+                    .instances(ec2_instance(1))
+                    .instances(ec2_instance(2))
+                    .instances(ec2_instance(3))
+                    .build(),
+            )
+            .build()
+    });
+    let complete = mock!(aws_sdk_autoscaling::Client::complete_lifecycle_action)
+        .match_requests(|r| r.lifecycle_action_token() == Some("tok-3"))
+        .then_output(|| CompleteLifecycleActionOutput::builder().build());
+    let layer = resilience();
+    let (sink, _) = memory_sink();
+    let handler = Handler {
+        config: Arc::new(Config::default()),
+        resilience: Arc::clone(&layer),
+        fleet: ec2_fleet(&[&describe], &layer),
+        lifecycle: autoscaling(&[&complete], &layer),
+        membership: ThreeMembers(Mutex::new(vec![1, 2, 3])),
+        metrics: sink,
+        function_name: "etcd-lifecycle-hook".into(),
+    };
+    let event = json!({
+        "detail-type": "EC2 Instance-terminate Lifecycle Action", "source": "aws.autoscaling",
+        "detail": {"LifecycleActionToken": "tok-3", "AutoScalingGroupName": "etcd-asg", "LifecycleHookName": "etcd-terminate",
+                   "EC2InstanceId": "i-0000000000000003", "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING"}
+    });
+    let out = handler.handle(&event, deadline()).await.unwrap();
+    assert_eq!(out["results"][0]["result"], "CONTINUE");
+    assert_eq!(describe.num_calls() + complete.num_calls(), 2);
+    assert_eq!((describe.num_calls(), complete.num_calls()), (1, 1));
+}
