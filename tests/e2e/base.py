@@ -16,6 +16,8 @@ from tests.stack import FunctionProcess, Stack, bootstrap_path, events  # noqa: 
 from tests.stack.aws import LifecycleAction
 
 HOLD_WORD = "held"
+# The summary's `action` values (src/handler.rs): completed, held, skipped, ignored, failed; its
+# `result` values: CONTINUE, ALREADY_DONE, HEARTBEAT, ACTION_OVER, NONE, ERROR.
 
 
 class E2ETestCase(unittest.TestCase):
@@ -85,6 +87,16 @@ class E2ETestCase(unittest.TestCase):
         for key in ("instance_id", "group", "transition", "action", "result", "detail"):
             self.assertIn(key, result, f"result lacks {key!r}: {result}")
         return result
+
+    def assertResult(
+        self, payload: dict, instance_id: str, action: str, result: str, **fields: Any
+    ) -> dict:
+        """The summary line of `instance_id` says `action` / `result` (and `fields`)."""
+        line = self.result_for(payload, instance_id)
+        got = {"action": line["action"], "result": line["result"]}
+        got.update({k: line.get(k) for k in fields})
+        self.assertEqual(got, {"action": action, "result": result, **fields}, f"summary line {line}")
+        return line
 
     def assertBreakersClosed(self, payload: dict) -> None:
         states = {b["dependency"]: b["state"] for b in payload["breakers"]}

@@ -4,6 +4,10 @@ without dying."""
 
 from __future__ import annotations
 
+import glob
+import json
+import os
+
 from tests.e2e.base import E2ETestCase
 from tests.stack import TERMINATING, events
 
@@ -17,7 +21,9 @@ class WrappedDeliveryTest(E2ETestCase):
 
         self.assertMember(victim, present=False)
         self.assertCompleted(action, "CONTINUE")
-        self.assertEqual(self.result_for(payload, victim)["transition"], TERMINATING)
+        line = self.assertResult(payload, victim, "completed", "CONTINUE", member_removed=True)
+        self.assertEqual(line["transition"], TERMINATING)
+        self.assertNotIn("batchItemFailures", payload, "SNS is all or nothing, not a batch")
 
     def test_sqs_batch_reports_only_the_bad_record(self):
         victim = self.stack.followers()[0]
@@ -30,7 +36,7 @@ class WrappedDeliveryTest(E2ETestCase):
         self.assertEqual(payload.get("batchItemFailures"), [{"itemIdentifier": "msg-1"}])
         self.assertMember(victim, present=False)
         self.assertCompleted(action, "CONTINUE")
-        self.assertEqual(self.result_for(payload, victim)["transition"], TERMINATING)
+        self.assertResult(payload, victim, "completed", "CONTINUE", member_removed=True)
 
     def test_sns_fanned_out_to_sqs(self):
         victim = self.stack.followers()[0]
@@ -57,10 +63,12 @@ class IgnoredAndBadInputTest(E2ETestCase):
     def test_test_notification_is_acknowledged_and_ignored(self):
         before = self.members()
         note = events.test_notification(self.stack.group, self.stack.account())
-        self.assertTrue(self.invoke(events.sns(note))[0], self.context())
+        payload = self.assertSucceeded(*self.invoke(events.sns(note)))
+        self.assertEqual([r["action"] for r in payload["results"]], ["ignored"])
         ok, payload = self.invoke(events.sqs(note))
         self.assertTrue(ok, self.context())
         self.assertEqual(payload.get("batchItemFailures"), [])
+        self.assertEqual([r["action"] for r in payload["results"]], ["ignored"])
         self.assertNothingHappened(before)
 
     def test_group_not_configured_is_skipped(self):
@@ -72,6 +80,7 @@ class IgnoredAndBadInputTest(E2ETestCase):
         ok, payload = self.invoke(self.stack.eventbridge(action), fn=fn)
 
         self.assertTrue(ok, f"a foreign group is skipped, not an error: {payload}{self.context(fn)}")
+        self.assertResult(payload, victim, "skipped", "NONE")
         self.assertNothingHappened(before)
 
     def test_malformed_events_are_refused_and_the_process_keeps_serving(self):
@@ -84,7 +93,6 @@ class IgnoredAndBadInputTest(E2ETestCase):
         bad = {
             "an empty object": ({}, []),
             "a bare string": ("terminate i-123", []),
-            "an unknown source": ({**good, "source": "aws.ec2"}, []),
             "no token": ({**good, "detail": no_token}, ["LifecycleActionToken"]),
             "transition disagrees with detail-type": (
                 {
@@ -111,6 +119,9 @@ class IgnoredAndBadInputTest(E2ETestCase):
                 ["EC2InstanceId"],
             ),
         }
+        for path in sorted(glob.glob(events.sample_path("malformed/*.json"))):
+            with open(path) as f:
+                bad[f"events/malformed/{os.path.basename(path)}"] = (json.load(f), [])
         before = self.members()
         for name, (event, words) in bad.items():
             with self.subTest(name):
@@ -125,3 +136,14 @@ class IgnoredAndBadInputTest(E2ETestCase):
         self.assertSucceeded(*self.invoke(good))
         self.assertMember(victim, present=False)
         self.assertCompleted(action, "CONTINUE")
+
+    def test_an_event_from_another_source_is_refused(self):
+        """The contract accepts lifecycle events from source `aws.autoscaling` only."""
+        victim = self.stack.followers()[0]
+        action = self.stack.start_terminate(victim)
+        before = self.members()
+
+        ok, payload = self.invoke({**self.stack.eventbridge(action), "source": "aws.ec2"})
+
+        self.assertFailedWith(ok, payload, "source")
+        self.assertNothingHappened(before)

@@ -22,7 +22,9 @@ class LaunchTest(E2ETestCase):
         self.assertNotIn(new, self.members(), "learners are off by default")
         self.assertCompleted(action, "CONTINUE")
         self.assertEqual(self.stack.aws.lifecycle_state(new), "InService")
-        self.assertEqual(self.result_for(payload, new)["transition"], LAUNCHING)
+        line = self.assertResult(payload, new, "completed", "CONTINUE")
+        self.assertEqual(line["transition"], LAUNCHING)
+        self.assertIn(f"stale member {gone}", line["detail"])
 
 
 class SweepTest(E2ETestCase):
@@ -39,11 +41,19 @@ class SweepTest(E2ETestCase):
         self.assertCompleted(launching, "CONTINUE", by="instance_id")
         self.assertIsNone(self.stack.aws.lifecycle_state(victim))
         self.assertEqual(self.stack.aws.lifecycle_state(new), "InService")
-        self.result_for(payload, victim)
-        self.result_for(payload, new)
+        self.assertResult(payload, victim, "completed", "CONTINUE", member_removed=True)
+        self.assertResult(payload, new, "completed", "CONTINUE")
 
     def test_sweep_with_nothing_to_do_changes_nothing(self):
         before = self.members()
-        self.assertSucceeded(*self.invoke(self.stack.scheduled()))
+        payload = self.assertSucceeded(*self.invoke(self.stack.scheduled()))
         self.assertEqual(self.members(), before)
         self.assertEqual(self.stack.aws.completions(), [])
+        self.assertEqual(self.stack.aws.heartbeats(), [])
+        [group_line] = payload["results"]
+        self.assertEqual((group_line["group"], group_line["instance_id"]), (self.stack.group, None))
+
+    def test_sweep_without_groups_is_a_clear_error(self):
+        fn = self.spawn(ASG_NAMES="")
+        ok, payload = self.invoke(self.stack.scheduled(), fn=fn)
+        self.assertFailedWith(ok, payload, "ASG_NAMES", fn=fn)

@@ -20,7 +20,9 @@ class TerminateTest(E2ETestCase):
         self.assertCompleted(action, "CONTINUE")
         self.assertEqual(self.stack.etcd.leader(), leader, "removing a follower moved the leader")
         self.assertIsNone(self.stack.aws.lifecycle_state(victim), "instance left the group")
-        result = self.result_for(payload, victim)
+        result = self.assertResult(
+            payload, victim, "completed", "CONTINUE", member_removed=True, leader_moved=False
+        )
         self.assertEqual(result["group"], self.stack.group)
         self.assertEqual(result["transition"], TERMINATING)
         self.assertBreakersClosed(payload)
@@ -37,7 +39,10 @@ class TerminateTest(E2ETestCase):
             lambda: self.stack.etcd.leader() not in (None, victim), what="a new leader"
         )
         self.assertIn(self.stack.etcd.leader(), self.members())
-        self.assertEqual(self.result_for(payload, victim)["transition"], TERMINATING)
+        result = self.assertResult(
+            payload, victim, "completed", "CONTINUE", member_removed=True, leader_moved=True
+        )
+        self.assertEqual(result["transition"], TERMINATING)
 
     def test_unsafe_removal_is_held_then_done_once_safe(self):
         leader = self.stack.leader()
@@ -47,8 +52,8 @@ class TerminateTest(E2ETestCase):
 
         ok, payload = self.invoke(self.stack.eventbridge(action))
 
-        message = self.assertFailedWith(ok, payload, HOLD_WORD)
-        self.assertIn(victim, message, "the hold names the instance")
+        message = self.assertFailedWith(ok, payload, HOLD_WORD, victim, "quorum")
+        self.assertEqual(payload.get("errorType"), "Held")
         self.assertEqual(len(self.heartbeats_for(victim)), 1, self.context())
         self.assertNotCompleted(victim)
         self.assertEqual(sorted(self.members()), sorted(self.stack.instance_ids))
@@ -64,7 +69,8 @@ class TerminateTest(E2ETestCase):
         # The node comes back: the redelivered event now removes and completes.
         self.stack.etcd.start_node(down)
         self.stack.etcd.wait_ready()
-        self.assertSucceeded(*self.invoke(self.stack.eventbridge(action)))
+        payload = self.assertSucceeded(*self.invoke(self.stack.eventbridge(action)))
+        self.assertResult(payload, victim, "completed", "CONTINUE", member_removed=True)
         self.assertMember(victim, present=False)
         self.assertCompleted(action, "CONTINUE")
         self.assertIn(self.stack.etcd.leader(), (leader, down))
@@ -81,14 +87,16 @@ class TerminateTest(E2ETestCase):
         self.assertEqual(self.members(), members_after_first)
         self.assertEqual(len(members_after_first), 2)
         self.assertCompleted(action, "CONTINUE")
-        self.assertEqual(self.result_for(payload, victim)["transition"], TERMINATING)
+        self.assertResult(payload, victim, "completed", "ALREADY_DONE", member_removed=False)
+        self.assertEqual(len(self.stack.aws.refusals()), 1, "the second completion was refused")
 
     def test_endpoints_discovered_from_instance_addresses(self):
         fn = self.spawn(ETCD_ENDPOINTS="", ETCD_CLIENT_SCHEME="http")
         victim = self.stack.followers()[0]
         action = self.stack.start_terminate(victim)
 
-        self.assertSucceeded(*self.invoke(self.stack.eventbridge(action), fn=fn), fn=fn)
+        payload = self.assertSucceeded(*self.invoke(self.stack.eventbridge(action), fn=fn), fn=fn)
 
+        self.assertResult(payload, victim, "completed", "CONTINUE", member_removed=True)
         self.assertMember(victim, present=False)
         self.assertCompleted(action, "CONTINUE")

@@ -21,7 +21,6 @@ async fn f(c: &Client) {
     c.complete_lifecycle_action().send().await;
     c.record_lifecycle_action_heartbeat().send().await;
     c.describe_auto_scaling_groups().send().await;
-    c.describe_auto_scaling_instances().send().await;
     c.describe_lifecycle_hooks().send().await;
 }
 #[cfg(test)]
@@ -67,7 +66,6 @@ class CheckTemplateTest(unittest.TestCase):
                 "autoscaling:CompleteLifecycleAction",
                 "autoscaling:RecordLifecycleActionHeartbeat",
                 "autoscaling:DescribeAutoScalingGroups",
-                "autoscaling:DescribeAutoScalingInstances",
                 "autoscaling:DescribeLifecycleHooks",
                 "ec2:DescribeInstances",
             },
@@ -107,9 +105,9 @@ class CheckTemplateTest(unittest.TestCase):
         self.assertTrue(any("calls ec2:DescribeInstances" in p for p in problems), problems)
 
     def test_a_call_missing_from_the_template_fails(self):
-        problems = self.mutate("- autoscaling:DescribeAutoScalingInstances\n", "")
+        problems = self.mutate("- autoscaling:DescribeLifecycleHooks\n", "")
         self.assertTrue(
-            any("calls autoscaling:DescribeAutoScalingInstances" in p for p in problems), problems
+            any("calls autoscaling:DescribeLifecycleHooks" in p for p in problems), problems
         )
 
     def test_command_line(self):
