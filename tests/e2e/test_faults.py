@@ -31,14 +31,21 @@ class TransientFaultTest(E2ETestCase):
         self.assertEqual([r["fault"] for r in describes][:3], ["throttle", "throttle", None])
         self.assertBreakersClosed(payload)
 
-    def test_a_slow_answer_is_waited_for(self):
+    def test_a_stalled_call_is_cut_off_and_retried(self):
         victim = self.stack.followers()[0]
         action = self.stack.start_terminate(victim)
-        self.stack.aws.inject("ec2", "stall", 1, action="DescribeInstances", stall_s=1.0)
+        # Longer than one attempt may take (src/aws/mod.rs: ATTEMPT_TIMEOUT, 3 s), far shorter
+        # than the invocation's deadline: the attempt must be abandoned and the call retried.
+        self.stack.aws.inject("ec2", "stall", 1, action="DescribeInstances", stall_s=6.0)
 
-        self.assertSucceeded(*self.invoke(self.stack.eventbridge(action)))
+        payload = self.assertSucceeded(*self.invoke(self.stack.eventbridge(action)))
 
         self.assertCompleted(action, "CONTINUE")
+        self.assertMember(victim, present=False)
+        describes = self.stack.aws.requests("ec2", "DescribeInstances")
+        self.assertGreaterEqual(len(describes), 2, "the stalled attempt was not retried")
+        self.assertEqual(describes[0]["fault"], "stall")
+        self.assertBreakersClosed(payload)
 
 
 class DeadEndpointTest(E2ETestCase):
