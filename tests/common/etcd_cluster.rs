@@ -418,6 +418,42 @@ impl EtcdCluster {
                 sleep(POLL).await;
             }
         }
+        self.wait_converged().await;
+    }
+
+    /// Waits until every started member's member list is the leader's. Member lists are
+    /// answered from the asked member's own applied state, which trails the leader's by a few
+    /// milliseconds after a change.
+    pub async fn wait_converged(&self) {
+        let until = Instant::now() + WAIT_LIMIT;
+        loop {
+            let leaders = self.members().await;
+            let mut converged = true;
+            for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+                let mut client = self.client(&self.url_of(node)).await;
+                converged &= match client.member_list().await {
+                    Ok(list) => {
+                        let mut own: Vec<(u64, bool)> = list
+                            .members()
+                            .iter()
+                            .map(|m| (m.id(), m.is_learner()))
+                            .collect();
+                        let mut expected: Vec<(u64, bool)> =
+                            leaders.iter().map(|m| (m.id, m.is_learner)).collect();
+                        own.sort_unstable();
+                        expected.sort_unstable();
+                        own == expected
+                    }
+                    // Not yet serving (a member that is starting) or gone for good (removed).
+                    Err(_) => true,
+                };
+            }
+            if converged {
+                return;
+            }
+            self.fail_after(until, "the members to apply the same membership");
+            sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The current leader's member ID.
@@ -500,10 +536,12 @@ impl EtcdCluster {
             .member_add([peer.as_str()], options)
             .await
             .unwrap_or_else(|e| panic!("adding stale member {peer}: {e}"));
-        added
+        let id = added
             .member()
             .map(|m| m.id())
-            .unwrap_or_else(|| panic!("etcd answered MemberAdd for {peer} without the member"))
+            .unwrap_or_else(|| panic!("etcd answered MemberAdd for {peer} without the member"));
+        self.wait_converged().await;
+        id
     }
 
     /// The last lines of every member's log, for failure messages.
