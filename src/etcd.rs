@@ -448,9 +448,10 @@ impl EtcdMembership {
 }
 
 impl Membership for EtcdMembership {
-    /// The member list from the first endpoint that answers (never one this process removed),
-    /// then every started member's `Status`, asked concurrently at its own client URL. A member
-    /// is healthy when it answered; the leader is the one reported in the highest raft term.
+    /// The member list from the first endpoint that answers (never one this process removed,
+    /// and without the members it removed), then every started member's `Status`, asked
+    /// concurrently at its own client URL. A member is healthy when it answered; the leader is
+    /// the one reported in the highest raft term.
     async fn cluster(
         &self,
         peers: &[Instance],
@@ -477,7 +478,10 @@ impl Membership for EtcdMembership {
                 Ok(answer.members().iter().map(member_from).collect::<Vec<_>>())
             }
         };
-        let members = self.run("member list", &urls, deadline, &list).await?;
+        let mut members = self.run("member list", &urls, deadline, &list).await?;
+        // A member that has not applied a removal yet still lists the removed member; etcd
+        // never reuses an ID, so one this process saw removed is gone for good.
+        members.retain(|m| !removed.contains(&m.id));
 
         let statuses = join_all(members.iter().map(|m| self.status_of(m, deadline))).await;
         let mut healthy = Vec::new();

@@ -86,6 +86,9 @@ async fn removes_a_follower() {
 
     let removal = etcd.remove(&view, follower.id, &deadline()).await;
     assert_eq!(ok(removal, "removing a follower"), Removal::Removed);
+    // Read at once, before every member has applied the removal: still not listed.
+    let at_once = view_of(&etcd, &cluster).await;
+    assert!(at_once.member(follower.id).is_none());
 
     let remaining: Vec<&str> = cluster
         .nodes
@@ -94,6 +97,7 @@ async fn removes_a_follower() {
         .filter(|n| *n != follower.name)
         .collect();
     assert_eq!(cluster.member_names().await, sorted(&remaining));
+    cluster.wait_converged().await;
     let after = view_of(&etcd, &cluster).await;
     assert_eq!(after.members.len(), 2);
     assert!(after.member(follower.id).is_none());
@@ -138,6 +142,7 @@ async fn moves_leadership_away_before_removing_the_leader() {
         .filter(|n| *n != name)
         .collect();
     assert_eq!(cluster.member_names().await, sorted(&remaining));
+    cluster.wait_converged().await;
     let after = view_of(&etcd, &cluster).await;
     let new_leader = after.leader.expect("a leader after the removal");
     assert_ne!(new_leader, leader);
@@ -409,6 +414,7 @@ async fn adds_a_learner_promotes_it_once_caught_up_and_refuses_a_second() {
     let promoted = members.iter().find(|m| m.id == id).expect("still listed");
     assert!(!promoted.is_learner);
     assert_eq!(members.len(), 4);
+    cluster.wait_converged().await;
     let view = view_of(&etcd, &cluster).await;
     assert!(!view.member(id).expect("listed").is_learner);
     assert_breaker_closed(&resilience);
