@@ -487,6 +487,8 @@ async fn launch_adds_a_learner_when_asked() {
     let mut world = World::three_nodes();
     world.instances.push(instance(4));
     world.config.etcd_add_learner_on_launch = true;
+    // Clients on http, peers on https (as the cluster's own peer URLs say).
+    world.config.etcd_client_scheme = crate::config::Scheme::Http;
     let (h, calls, _) = world.build();
     h.handle(&launch(&instance(4).id), minute()).await.unwrap();
     assert!(calls
