@@ -680,11 +680,14 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             } else {
                 ip.to_string()
             };
-            let peer_url = format!(
-                "{}://{host}:{}",
-                self.config.etcd_client_scheme.as_str(),
-                self.config.etcd_peer_port
-            );
+            // Peers often speak another scheme than clients: follow the cluster's own peer URLs.
+            let scheme = view
+                .members
+                .iter()
+                .flat_map(|m| &m.peer_urls)
+                .find_map(|u| u.split_once("://").map(|(scheme, _)| scheme.to_string()))
+                .unwrap_or_else(|| self.config.etcd_client_scheme.as_str().to_string());
+            let peer_url = format!("{scheme}://{host}:{}", self.config.etcd_peer_port);
             match self
                 .membership
                 .add_learner(view, &newcomer.id, &peer_url, deadline)

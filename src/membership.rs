@@ -79,25 +79,35 @@ pub fn stale_members<'a>(view: &'a ClusterView, instances: &[Instance]) -> Vec<&
         .collect()
 }
 
-/// After removing `member`, the healthy voting members left must be a majority of the voting
-/// members left. Learners neither vote nor count. Removing a learner is always safe: it changes no
-/// majority.
+/// Two conditions, both on etcd's own view: the healthy voting members must be a majority of the
+/// voting members now (or the change cannot commit and would hang), and after removing `member`
+/// the healthy voting members left must be a majority of the voting members left. Learners neither
+/// vote nor count; removing one changes no majority.
 pub fn quorum_after_removal(view: &ClusterView, member: u64) -> Verdict {
     let Some(target) = view.member(member) else {
         return Verdict::Safe {
             reason: format!("member {member:x} is not in the cluster"),
         };
     };
+    // The change itself must commit in the current configuration: without a healthy majority of
+    // today's voters no removal can succeed, whatever the cluster would look like after it.
+    let current: Vec<&Member> = view.members.iter().filter(|m| !m.is_learner).collect();
+    let current_healthy = current.iter().filter(|m| view.is_healthy(m.id)).count();
+    if current_healthy < current.len() / 2 + 1 {
+        return Verdict::Unsafe {
+            reason: format!(
+                "the cluster has no quorum now ({current_healthy} of {} voting members healthy, {} needed to commit a change)",
+                current.len(),
+                current.len() / 2 + 1
+            ),
+        };
+    }
     if target.is_learner {
         return Verdict::Safe {
             reason: format!("member {member:x} is a learner, not a voter"),
         };
     }
-    let voters: Vec<&Member> = view
-        .members
-        .iter()
-        .filter(|m| !m.is_learner && m.id != member)
-        .collect();
+    let voters: Vec<&Member> = current.into_iter().filter(|m| m.id != member).collect();
     let healthy = voters.iter().filter(|m| view.is_healthy(m.id)).count();
     let needed = voters.len() / 2 + 1;
     let summary = format!(
@@ -240,22 +250,44 @@ mod tests {
     }
 
     #[test]
-    fn learners_do_not_vote() {
-        let v = view(
-            vec![
-                member(1, "a", "10.0.0.1", false),
-                member(2, "b", "10.0.0.2", false),
-                member(3, "c", "10.0.0.3", true),
-            ],
-            &[1, 3],
+    fn no_change_without_quorum_now() {
+        // Three nodes and a stale voter that never started: four voters, three needed to commit.
+        // With one node down, even removing the stale member cannot commit.
+        let mut members: Vec<Member> = (1..=3)
+            .map(|i| member(i, &format!("i-{i}"), &format!("10.0.0.{i}"), false))
+            .collect();
+        members.push(member(4, "", "10.0.0.4", false));
+        let v = quorum_after_removal(&view(members.clone(), &[1, 2]), 4);
+        assert_eq!(
+            v,
+            Verdict::Unsafe {
+                reason: "the cluster has no quorum now (2 of 4 voting members healthy, 3 needed to commit a change)".into()
+            }
         );
+        assert!(quorum_after_removal(&view(members, &[1, 2, 3]), 4).is_safe());
+    }
+
+    #[test]
+    fn learners_do_not_vote() {
+        let members = vec![
+            member(1, "a", "10.0.0.1", false),
+            member(2, "b", "10.0.0.2", false),
+            member(3, "c", "10.0.0.3", true),
+        ];
+        let all_up = view(members.clone(), &[1, 2, 3]);
         assert!(
-            quorum_after_removal(&v, 3).is_safe(),
+            quorum_after_removal(&all_up, 3).is_safe(),
             "a learner's removal changes no majority"
         );
-        assert!(!quorum_after_removal(&v, 2).is_safe() || v.is_healthy(1));
+        assert!(
+            quorum_after_removal(&all_up, 2).is_safe(),
+            "one healthy voter left of one"
+        );
+        // Two voters, one down: the healthy learner does not make a majority.
+        let one_voter_down = view(members, &[1, 3]);
+        assert!(!quorum_after_removal(&one_voter_down, 3).is_safe());
         assert_eq!(
-            leader_candidate(&v, 1),
+            leader_candidate(&one_voter_down, 1),
             None,
             "the learner cannot lead, 2 is down"
         );
@@ -267,14 +299,19 @@ mod tests {
         let Some(target) = view.member(member) else {
             return true;
         };
+        let voters: Vec<&Member> = view.members.iter().filter(|m| !m.is_learner).collect();
+        if !has_healthy_majority(view, &voters) {
+            return false;
+        }
         if target.is_learner {
             return true;
         }
-        let voters: Vec<&Member> = view
-            .members
-            .iter()
-            .filter(|m| !m.is_learner && m.id != member)
-            .collect();
+        let left: Vec<&Member> = voters.into_iter().filter(|m| m.id != member).collect();
+        has_healthy_majority(view, &left)
+    }
+
+    /// Some subset of `voters`, all healthy, holds more than half of their votes.
+    fn has_healthy_majority(view: &ClusterView, voters: &[&Member]) -> bool {
         let n = voters.len();
         (0u32..(1 << n)).any(|mask| {
             let chosen: Vec<&&Member> = voters

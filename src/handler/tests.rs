@@ -487,6 +487,8 @@ async fn launch_adds_a_learner_when_asked() {
     let mut world = World::three_nodes();
     world.instances.push(instance(4));
     world.config.etcd_add_learner_on_launch = true;
+    // Clients on http, peers on https (as the cluster's own peer URLs say).
+    world.config.etcd_client_scheme = crate::config::Scheme::Http;
     let (h, calls, _) = world.build();
     h.handle(&launch(&instance(4).id), minute()).await.unwrap();
     assert!(calls
@@ -803,8 +805,8 @@ mod bad_input {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
-        /// Arbitrary and mutated input never panics, and input the parser rejects never reaches
+        #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
+        /// Ten thousand arbitrary and mutated inputs: none panics, and input the parser rejects never reaches
         /// an AWS or etcd call.
         #[test]
         fn rejected_input_makes_no_call(payload in prop_oneof![arbitrary_json(), mutated_event()]) {

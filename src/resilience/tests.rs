@@ -264,3 +264,101 @@ mod properties {
         }
     }
 }
+
+mod concurrency {
+    use super::*;
+    use std::sync::Barrier;
+
+    fn open_breaker() -> (Arc<Breaker>, Instant) {
+        let b = Arc::new(Breaker::new(
+            "ec2",
+            BreakerConfig {
+                failure_threshold: 1,
+                reset_timeout: Duration::from_secs(60),
+                success_threshold: 1,
+            },
+        ));
+        let now = Instant::now();
+        b.acquire(now).unwrap().failure(now);
+        (b, now + Duration::from_secs(60))
+    }
+
+    /// Sixteen threads race for the half-open probe: exactly one wins.
+    #[test]
+    fn threads_racing_for_the_half_open_probe_get_one_permit() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        for _ in 0..50 {
+            let (b, later) = open_breaker();
+            let barrier = Arc::new(Barrier::new(16));
+            let permits: Vec<Option<breaker::Permit>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..16)
+                    .map(|_| {
+                        let (b, barrier) = (Arc::clone(&b), Arc::clone(&barrier));
+                        s.spawn(move || {
+                            barrier.wait();
+                            b.acquire(later).ok()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(permits.iter().flatten().count(), 1);
+            assert!(permits.iter().flatten().all(|p| p.is_probe()));
+        }
+    }
+
+    /// Fifty concurrent invocations share the layer: while the one probe is in flight the others
+    /// are refused without calling, and the probe's success is what closes the circuit.
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_calls_send_one_probe() {
+        let layer = Arc::new(layer(1, 1));
+        let _ = scripted(&layer, &minute(), &[Err(T)]).await;
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let calls = Arc::new(AtomicU32::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (layer, calls, release) =
+                    (Arc::clone(&layer), Arc::clone(&calls), Arc::clone(&release));
+                tokio::spawn(async move {
+                    layer
+                        .call(Dependency::Autoscaling, &minute(), || {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            let release = Arc::clone(&release);
+                            async move {
+                                release.notified().await;
+                                Ok::<_, Fail>(())
+                            }
+                        })
+                        .await
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        release.notify_waiters();
+        let mut ok = 0;
+        let mut refused = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    assert!(e.circuit_open().is_some(), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one probe reached the dependency"
+        );
+        assert_eq!((ok, refused), (1, 49));
+    }
+}

@@ -1,0 +1,421 @@
+//! `EtcdMembership` against real etcd 3.4 clusters on loopback addresses. Each scenario checks
+//! etcd's own member list afterwards, read from the leader by the test helper, not through the
+//! code under test.
+
+mod common;
+
+use std::fmt::Display;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::etcd_cluster::EtcdCluster;
+use etcd_lifecycle_hook::config::Config;
+use etcd_lifecycle_hook::etcd::EtcdMembership;
+use etcd_lifecycle_hook::membership::{leader_candidate, quorum_after_removal, stale_members};
+use etcd_lifecycle_hook::model::{ClusterView, Membership, MembershipError, Promotion, Removal};
+use etcd_lifecycle_hook::resilience::breaker::State;
+use etcd_lifecycle_hook::resilience::policy::Deadline;
+use etcd_lifecycle_hook::resilience::{Dependency, Resilience};
+use tokio::time::Instant;
+
+fn deadline() -> Deadline {
+    Deadline::after(Duration::from_secs(30), Duration::from_secs(2))
+}
+
+fn membership_with(config: &Config) -> (EtcdMembership, Arc<Resilience>) {
+    let resilience = Arc::new(Resilience::new(config.resilience()));
+    let etcd = ok(
+        EtcdMembership::new(config, resilience.clone()),
+        "EtcdMembership::new",
+    );
+    (etcd, resilience)
+}
+
+fn membership(cluster: &EtcdCluster) -> (EtcdMembership, Arc<Resilience>) {
+    membership_with(&cluster.config())
+}
+
+fn ok<T, E: Display>(result: Result<T, E>, what: &str) -> T {
+    result.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+async fn view_of(etcd: &EtcdMembership, cluster: &EtcdCluster) -> ClusterView {
+    ok(
+        etcd.cluster(&cluster.instances(), &deadline()).await,
+        "reading the cluster",
+    )
+}
+
+fn assert_breaker_closed(resilience: &Resilience) {
+    let snapshot = resilience
+        .breaker(Dependency::Etcd)
+        .snapshot(Instant::now());
+    assert_eq!(
+        (snapshot.state, snapshot.consecutive_failures),
+        (State::Closed, 0),
+        "etcd's breaker"
+    );
+}
+
+fn sorted(names: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn removes_a_follower() {
+    let cluster = EtcdCluster::start(20, 3).await;
+    cluster.wait_reconfig_ready().await;
+    // No ETCD_ENDPOINTS: the endpoints are built from the instances' private IPs.
+    let config = Config {
+        etcd_endpoints: Vec::new(),
+        ..cluster.config()
+    };
+    let (etcd, resilience) = membership_with(&config);
+
+    let view = view_of(&etcd, &cluster).await;
+    assert_eq!((view.members.len(), view.healthy.len()), (3, 3));
+    let leader = view.leader.expect("a leader");
+    let follower = view
+        .members
+        .iter()
+        .find(|m| m.id != leader)
+        .expect("a follower");
+    assert!(quorum_after_removal(&view, follower.id).is_safe());
+
+    let removal = etcd.remove(&view, follower.id, &deadline()).await;
+    assert_eq!(ok(removal, "removing a follower"), Removal::Removed);
+    // Read at once, before every member has applied the removal: still not listed.
+    let at_once = view_of(&etcd, &cluster).await;
+    assert!(at_once.member(follower.id).is_none());
+
+    let remaining: Vec<&str> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .filter(|n| *n != follower.name)
+        .collect();
+    assert_eq!(cluster.member_names().await, sorted(&remaining));
+    cluster.wait_converged().await;
+    let after = view_of(&etcd, &cluster).await;
+    assert_eq!(after.members.len(), 2);
+    assert!(after.member(follower.id).is_none());
+    assert_breaker_closed(&resilience);
+}
+
+#[tokio::test]
+async fn moves_leadership_away_before_removing_the_leader() {
+    let cluster = EtcdCluster::start(30, 3).await;
+    cluster.wait_reconfig_ready().await;
+    let (etcd, resilience) = membership(&cluster);
+
+    let view = view_of(&etcd, &cluster).await;
+    let leader = view.leader.expect("a leader");
+    let name = view
+        .member(leader)
+        .expect("the leader is a member")
+        .name
+        .clone();
+    let to = leader_candidate(&view, leader).expect("a healthy voter to lead");
+    ok(
+        etcd.move_leader(&view, to, &deadline()).await,
+        "moving the leader",
+    );
+
+    let moved = view_of(&etcd, &cluster).await;
+    assert_eq!(
+        moved.leader,
+        Some(to),
+        "leadership moved before the removal"
+    );
+    assert_eq!(cluster.leader().await, to);
+
+    // The removal gets the view from before the move: it finds the new leader by itself.
+    let removal = etcd.remove(&view, leader, &deadline()).await;
+    assert_eq!(ok(removal, "removing the old leader"), Removal::Removed);
+
+    let remaining: Vec<&str> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .filter(|n| *n != name)
+        .collect();
+    assert_eq!(cluster.member_names().await, sorted(&remaining));
+    cluster.wait_converged().await;
+    let after = view_of(&etcd, &cluster).await;
+    let new_leader = after.leader.expect("a leader after the removal");
+    assert_ne!(new_leader, leader);
+    assert!(after.member(new_leader).is_some());
+    assert_breaker_closed(&resilience);
+}
+
+#[tokio::test]
+async fn holds_a_removal_when_another_member_is_down() {
+    let mut cluster = EtcdCluster::start(40, 3).await;
+    cluster.wait_reconfig_ready().await;
+    let (etcd, resilience) = membership(&cluster);
+    let names = cluster.member_names().await;
+
+    let leader = cluster.leader().await;
+    let mut followers = Vec::new();
+    for slot in 1..=3 {
+        let id = cluster.id_of(slot).await;
+        if id != leader {
+            followers.push((slot, id));
+        }
+    }
+    let (down_slot, down) = followers[0];
+    let target = followers[1].1;
+    cluster.stop(down_slot).await;
+
+    let view = view_of(&etcd, &cluster).await;
+    assert_eq!((view.members.len(), view.healthy.len()), (3, 2));
+    assert!(!view.is_healthy(down));
+    let verdict = quorum_after_removal(&view, target);
+    assert!(!verdict.is_safe(), "{}", verdict.reason());
+    assert_eq!(
+        verdict.reason(),
+        "1 of 2 remaining voting members healthy, 2 needed"
+    );
+
+    // Forced anyway, etcd's own strict reconfig check refuses, and that reads as "hold".
+    let refused = etcd.remove(&view, target, &deadline()).await;
+    match refused {
+        Err(MembershipError::Refused { detail }) => {
+            assert!(detail.contains("unhealthy cluster"), "{detail}")
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert_eq!(cluster.member_names().await, names, "membership unchanged");
+    assert_breaker_closed(&resilience);
+
+    // Removing the member that is down is what keeps quorum, and etcd accepts it.
+    assert!(quorum_after_removal(&view, down).is_safe());
+    let removal = etcd.remove(&view, down, &deadline()).await;
+    assert_eq!(ok(removal, "removing the dead member"), Removal::Removed);
+    assert_eq!(cluster.members().await.len(), 2);
+}
+
+#[tokio::test]
+async fn removes_a_stale_member_that_never_started() {
+    let cluster = EtcdCluster::start(50, 3).await;
+    cluster.wait_reconfig_ready().await;
+    let names = cluster.member_names().await;
+    let stale = cluster.add_stale_member(5).await;
+    let (etcd, resilience) = membership(&cluster);
+
+    let view = view_of(&etcd, &cluster).await;
+    assert_eq!((view.members.len(), view.healthy.len()), (4, 3));
+    let member = view.member(stale).expect("the stale member is listed");
+    assert!(member.name.is_empty() && member.client_urls.is_empty());
+    let found: Vec<u64> = stale_members(&view, &cluster.instances())
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(found, vec![stale]);
+    assert!(quorum_after_removal(&view, stale).is_safe());
+
+    let removal = etcd.remove(&view, stale, &deadline()).await;
+    assert_eq!(ok(removal, "removing the stale member"), Removal::Removed);
+    assert_eq!(cluster.member_names().await, names);
+    assert_breaker_closed(&resilience);
+}
+
+#[tokio::test]
+async fn removing_a_removed_member_is_already_gone() {
+    let cluster = EtcdCluster::start(60, 3).await;
+    cluster.wait_reconfig_ready().await;
+    let (etcd, resilience) = membership(&cluster);
+
+    let view = view_of(&etcd, &cluster).await;
+    let leader = view.leader.expect("a leader");
+    let follower = view
+        .members
+        .iter()
+        .find(|m| m.id != leader)
+        .expect("a follower")
+        .id;
+    let first = etcd.remove(&view, follower, &deadline()).await;
+    assert_eq!(ok(first, "first removal"), Removal::Removed);
+
+    // The same event delivered again, with the view from before.
+    let again = etcd.remove(&view, follower, &deadline()).await;
+    assert_eq!(ok(again, "second removal"), Removal::AlreadyGone);
+    let never = etcd.remove(&view, 0x1234_5678, &deadline()).await;
+    assert_eq!(ok(never, "removing an unknown ID"), Removal::AlreadyGone);
+
+    assert_eq!(cluster.members().await.len(), 2);
+    assert!(cluster.members().await.iter().all(|m| m.id != follower));
+    assert_breaker_closed(&resilience);
+}
+
+#[tokio::test]
+async fn tls_works_with_the_right_ca_and_fails_clearly_with_a_wrong_one() {
+    let cluster = EtcdCluster::start_tls(70, 3).await;
+    let tls = cluster.tls.as_ref().expect("a TLS cluster");
+    let (etcd, resilience) = membership(&cluster);
+    let view = view_of(&etcd, &cluster).await;
+    assert_eq!((view.members.len(), view.healthy.len()), (3, 3));
+    assert!(view.leader.is_some());
+    assert_eq!(cluster.leader().await, view.leader.unwrap_or_default());
+    assert_breaker_closed(&resilience);
+
+    let mut wrong = cluster.config();
+    wrong.etcd_tls.ca = Some(tls.wrong_ca.clone());
+    let (etcd, resilience) = membership_with(&wrong);
+    let err = etcd
+        .cluster(&cluster.instances(), &deadline())
+        .await
+        .expect_err("a CA that signed nothing must not be trusted");
+    let text = err.to_string();
+    assert!(matches!(err, MembershipError::Failed { .. }), "{text}");
+    assert!(
+        text.contains("TLS failed with every endpoint") && text.contains("ETCD_CA_FILE"),
+        "{text}"
+    );
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+    // A configuration mistake is not an outage of etcd.
+    assert_breaker_closed(&resilience);
+
+    // No client certificate: etcd (--client-cert-auth) turns the client away.
+    let mut anonymous = cluster.config();
+    anonymous.etcd_tls.cert = None;
+    anonymous.etcd_tls.key = None;
+    let (etcd, _) = membership_with(&anonymous);
+    let err = etcd
+        .cluster(&cluster.instances(), &deadline())
+        .await
+        .expect_err("etcd requires a client certificate");
+    let text = err.to_string();
+    assert!(text.contains("ETCD_CERT_FILE"), "{text}");
+
+    let mut missing = cluster.config();
+    missing.etcd_tls.key = Some("/nonexistent/etcd-client.key".into());
+    let err = EtcdMembership::new(&missing, Arc::new(Resilience::new(missing.resilience())))
+        .expect_err("a missing key file stops start-up");
+    let text = err.to_string();
+    assert!(
+        text.contains("ETCD_KEY_FILE") && text.contains("/nonexistent/etcd-client.key"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_fails_no_call_and_leaves_the_breaker_closed() {
+    let mut cluster = EtcdCluster::start(80, 3).await;
+    cluster.wait_reconfig_ready().await;
+    // A learner: a stale voter would make the cluster four members, whose quorum of three the
+    // stopped member would break.
+    let stale = cluster.add_stale_learner(5).await;
+    let leader = cluster.leader().await;
+    let mut dead_slot = 1;
+    for slot in 1..=3 {
+        if cluster.id_of(slot).await != leader {
+            dead_slot = slot;
+        }
+    }
+    cluster.stop(dead_slot).await;
+
+    // The dead member's URL stays in ETCD_ENDPOINTS, first.
+    let mut config = cluster.config();
+    config
+        .etcd_endpoints
+        .sort_by_key(|url| *url != cluster.client_url(dead_slot));
+    assert_eq!(config.etcd_endpoints[0], cluster.client_url(dead_slot));
+    let resilience = Arc::new(Resilience::new(config.resilience()));
+
+    for _ in 0..20 {
+        // A new client each time (as after a cold start), so each call meets the dead endpoint
+        // first rather than after the ones that answered before.
+        let etcd = ok(
+            EtcdMembership::new(&config, resilience.clone()),
+            "EtcdMembership::new",
+        );
+        let view = view_of(&etcd, &cluster).await;
+        assert_eq!((view.members.len(), view.healthy.len()), (4, 2));
+        assert_eq!(view.leader, Some(leader));
+    }
+    let etcd = ok(
+        EtcdMembership::new(&config, resilience.clone()),
+        "EtcdMembership::new",
+    );
+    let view = view_of(&etcd, &cluster).await;
+    assert!(quorum_after_removal(&view, stale).is_safe());
+    let removal = etcd.remove(&view, stale, &deadline()).await;
+    assert_eq!(ok(removal, "removing the stale member"), Removal::Removed);
+
+    assert_eq!(cluster.members().await.len(), 3);
+    assert_breaker_closed(&resilience);
+    assert_eq!(resilience.take_retries(), 0, "no attempt failed as a whole");
+}
+
+#[tokio::test]
+async fn adds_a_learner_promotes_it_once_caught_up_and_refuses_a_second() {
+    let mut cluster = EtcdCluster::start(90, 3).await;
+    cluster.wait_reconfig_ready().await;
+    let (etcd, resilience) = membership(&cluster);
+    let before = view_of(&etcd, &cluster).await;
+
+    let name = "i-90node4";
+    let peer = cluster.peer_url(4);
+    let id = ok(
+        etcd.add_learner(&before, name, &peer, &deadline()).await,
+        "adding a learner",
+    );
+    let listed = cluster.members().await;
+    let learner = listed
+        .iter()
+        .find(|m| m.id == id)
+        .expect("the learner is listed");
+    assert!(learner.is_learner && learner.name.is_empty());
+    assert_eq!(learner.peer_urls, vec![peer.clone()]);
+
+    // The same launch event again, with the view from before: the same member, nothing added.
+    let again = etcd.add_learner(&before, name, &peer, &deadline()).await;
+    assert_eq!(ok(again, "adding the learner again"), id);
+    assert_eq!(cluster.members().await.len(), 4);
+
+    // etcd 3.4 allows one learner at a time.
+    let view = view_of(&etcd, &cluster).await;
+    let second = etcd
+        .add_learner(&view, "i-90node5", &cluster.peer_url(5), &deadline())
+        .await;
+    match second {
+        Err(MembershipError::Refused { detail }) => {
+            assert!(detail.contains("one learner at a time"), "{detail}")
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert_eq!(cluster.members().await.len(), 4);
+
+    // Not started yet, so not in sync: not yet, not an error.
+    let early = etcd.promote(&view, id, &deadline()).await;
+    assert_eq!(ok(early, "promoting too early"), Promotion::NotReady);
+
+    cluster.start_added_member(name, 4).await;
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = view_of(&etcd, &cluster).await;
+        match ok(etcd.promote(&view, id, &deadline()).await, "promoting") {
+            Promotion::Promoted => break,
+            Promotion::NotReady => {
+                assert!(
+                    Instant::now() < until,
+                    "the learner never caught up\n{}",
+                    cluster.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    let members = cluster.members().await;
+    let promoted = members.iter().find(|m| m.id == id).expect("still listed");
+    assert!(!promoted.is_learner);
+    assert_eq!(members.len(), 4);
+    cluster.wait_converged().await;
+    let view = view_of(&etcd, &cluster).await;
+    assert!(!view.member(id).expect("listed").is_learner);
+    assert_breaker_closed(&resilience);
+}
