@@ -44,6 +44,20 @@ class SweepTest(E2ETestCase):
         self.assertResult(payload, victim, "completed", "CONTINUE", member_removed=True)
         self.assertResult(payload, new, "completed", "CONTINUE")
 
+    def test_sweep_removes_members_of_instances_gone_without_a_hook(self):
+        gone = self.stack.followers()[0]
+        self.stack.etcd.stop_node(gone)
+        self.stack.aws.terminate_outside_hooks(gone)
+
+        payload = self.assertSucceeded(*self.invoke(self.stack.scheduled()))
+
+        self.assertMember(gone, present=False)
+        self.assertEqual(len(self.members()), 2)
+        [group_line] = payload["results"]
+        self.assertTrue(group_line["member_removed"], group_line)
+        self.assertIn(f"stale member {gone}", group_line["detail"])
+        self.assertEqual(self.stack.aws.completions(), [], "nothing was waiting")
+
     def test_sweep_with_nothing_to_do_changes_nothing(self):
         before = self.members()
         payload = self.assertSucceeded(*self.invoke(self.stack.scheduled()))

@@ -100,3 +100,18 @@ class TerminateTest(E2ETestCase):
         self.assertResult(payload, victim, "completed", "CONTINUE", member_removed=True)
         self.assertMember(victim, present=False)
         self.assertCompleted(action, "CONTINUE")
+
+    def test_too_little_time_left_holds_instead_of_removing(self):
+        fn = self.spawn(DEADLINE_RESERVE_MS="5000")
+        victim = self.stack.followers()[0]
+        action = self.stack.start_terminate(victim)
+
+        # The deadline falls inside the reserve kept for the heartbeat: no membership change may
+        # start, but the hold itself must still happen.
+        ok, payload = self.invoke(self.stack.eventbridge(action), fn=fn, timeout_ms=4000)
+
+        self.assertFailedWith(ok, payload, HOLD_WORD, victim, "deadline", fn=fn)
+        self.assertEqual(len(self.heartbeats_for(victim)), 1, self.context(fn))
+        self.assertNotCompleted(victim)
+        self.assertMember(victim, present=True)
+
