@@ -2,6 +2,7 @@
 # Installs what a fresh machine lacks to build, test and demo the project:
 #   - Debian packages: etcd (server and etcdctl) for the real test clusters, protoc and the
 #     protobuf well-known types for etcd-client's build script;
+#   - cargo-deny, for the dependency policy in deny.toml;
 #   - a Python venv (.venv) with moto's server for the local Auto Scaling / EC2 stack.
 # Idempotent and quiet when everything is already there. Called by `make` and `.ci/run`.
 set -euo pipefail
@@ -28,6 +29,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     as_root apt-get install -y -q --no-install-recommends "${need_apt[@]}" >>/tmp/setup-apt.log 2>&1 \
       || { cat /tmp/setup-apt.log >&2; log "apt-get install failed"; exit 1; }
   fi
+fi
+
+# cargo-deny checks licenses, bans and sources of the dependency tree (`make lint`).
+if ! command -v cargo-deny >/dev/null; then
+  log "installing cargo-deny (crates.io, about 3 minutes on two cores)"
+  cargo install --locked --quiet cargo-deny@0.20.2
 fi
 
 stamp=.venv/.requirements.sha256
