@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 import time
 import unittest
 import urllib.error
@@ -298,9 +299,9 @@ class RuntimeApiTest(unittest.TestCase):
     def spawn(self, **env):
         from tests.stack import FunctionProcess
 
-        fn = FunctionProcess(
-            FAKE, {"PATH": os.environ["PATH"], **env}, os.path.join(HERE, "..", "..", ".stack", "fake")
-        )
+        logs = tempfile.TemporaryDirectory(prefix="fake-function-")
+        self.addCleanup(logs.cleanup)
+        fn = FunctionProcess(FAKE, {"PATH": os.environ["PATH"], **env}, logs.name)
         self.addCleanup(fn.stop)
         return fn
 
