@@ -228,8 +228,14 @@ fn parse_message(obj: &Map<String, Value>, prefix: &str) -> Result<Vec<Message>,
             .as_str()
             .ok_or_else(|| invalid(&path("detail-type"), detail_type, "a string"))?;
         return match detail_type {
-            "Scheduled Event" => Ok(vec![Message::Sweep]),
+            "Scheduled Event" => {
+                require_source(obj, &path("source"), "aws.events", "\"aws.events\"")?;
+                Ok(vec![Message::Sweep])
+            }
             LAUNCH_DETAIL | TERMINATE_DETAIL => {
+                // Only Auto Scaling pauses instances: a look-alike from another source (a
+                // misconfigured rule, a test harness) must not remove a member.
+                require_source(obj, &path("source"), "aws.autoscaling", "\"aws.autoscaling\"")?;
                 let detail = obj.get("detail").ok_or_else(|| EventError::Missing {
                     field: path("detail"),
                     expected: "the lifecycle action's detail object",
@@ -326,6 +332,28 @@ fn lifecycle(obj: &Map<String, Value>, prefix: &str) -> Result<LifecycleEvent, E
         origin: optional("Origin"),
         destination: optional("Destination"),
     })
+}
+
+/// `source` must be `wanted`; `expected` is how the error message spells it.
+fn require_source(
+    obj: &Map<String, Value>,
+    field: &str,
+    wanted: &str,
+    expected: &'static str,
+) -> Result<(), EventError> {
+    match obj.get("source") {
+        Some(Value::String(source)) if source == wanted => Ok(()),
+        None => Err(EventError::Missing {
+            field: field.to_string(),
+            expected,
+        }),
+        Some(Value::String(other)) => Err(EventError::Invalid {
+            field: field.to_string(),
+            found: format!("{other:?}"),
+            expected,
+        }),
+        Some(other) => Err(invalid(field, other, expected)),
+    }
 }
 
 fn kind(value: &Value) -> &'static str {

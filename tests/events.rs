@@ -142,6 +142,7 @@ fn malformed_samples_name_the_problem() {
         ("unknown-detail-type.json", "`detail-type` is \"EC2 Instance State-change Notification\""),
         ("not-an-object.json", "the payload is an array, not a JSON object"),
         ("empty-records.json", "`Records` is an empty array"),
+        ("wrong-source.json", "`source` is \"aws.ec2\"; expected \"aws.autoscaling\""),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("events/malformed");
     let on_disk = std::fs::read_dir(&dir).unwrap().count();

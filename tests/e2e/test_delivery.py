@@ -138,12 +138,6 @@ class IgnoredAndBadInputTest(E2ETestCase):
         self.assertMember(victim, present=False)
         self.assertCompleted(action, "CONTINUE")
 
-    # Known gap: src/event.rs reads detail-type but never `source`, so a lifecycle-shaped event
-    # from another source is acted on. PRODUCT.md accepts EventBridge events "from source
-    # aws.autoscaling" and calls anything else bad input. (The template's rule filters on the
-    # source, so deployed functions do not see such events.) Remove the marker once event.rs
-    # checks the source: the test then passes, and an unexpected success fails the run.
-    @unittest.expectedFailure
     def test_an_event_from_another_source_is_refused(self):
         """The contract accepts lifecycle events from source `aws.autoscaling` only."""
         victim = self.stack.followers()[0]
