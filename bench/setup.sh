@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Everything the benches need beyond scripts/setup.sh: the release binary and the echo floor,
+# copied to a private directory (others may rebuild target/ while a bench runs), and .venv-bench
+# with the Python baseline's packages (requirements-bench.txt).
+#
+#   bash bench/setup.sh        prints the directory holding `bootstrap` and `echo`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'bench setup: %s\n' "$*" >&2; }
+
+bash scripts/setup.sh
+
+target=${CARGO_TARGET_DIR:-target}
+bin=${BENCH_BIN_DIR:-.bench-bin}
+mkdir -p "$bin"
+# Two builds, never one: an example also gets the dev-dependencies, and their features (the SDK's
+# test-util, more of tokio) would be unified into the function's binary if built together.
+log "building the release binary and the echo example"
+cargo build --release --locked --bin etcd-lifecycle-hook >&2
+cp "$target/release/etcd-lifecycle-hook" "$bin/bootstrap"
+cargo build --release --locked --example echo >&2
+cp "$target/release/examples/echo" "$bin/echo"
+
+stamp=.venv-bench/.requirements.sha256
+want=$(sha256sum requirements-bench.txt | cut -d' ' -f1)
+if [ ! -x .venv-bench/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  # The baseline is Python 3.11 (the Lambda runtime users would pick); any python3 if it is absent.
+  py=$(command -v python3.11 || command -v python3)
+  log "creating .venv-bench with $($py --version)"
+  "$py" -m venv .venv-bench
+  .venv-bench/bin/pip install -q --disable-pip-version-check -r requirements-bench.txt
+  echo "$want" > "$stamp"
+fi
+echo "$bin"
