@@ -324,43 +324,17 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         target: &Target<'_>,
         metrics: &mut InvocationMetrics,
     ) -> InstanceResult {
-        let mut result = self.result_for(target);
-        if let Err(open) = self.resilience.ensure_closed(&[
-            Dependency::Autoscaling,
-            Dependency::Ec2,
-            Dependency::Etcd,
-        ]) {
-            return fail(result, HandlerError::CircuitOpen(open));
-        }
-        if target.deadline.in_reserve(Instant::now()) {
-            return self
-                .hold(
-                    target,
-                    result,
-                    "too little time left before the deadline to change membership".into(),
-                    None,
-                    metrics,
-                )
-                .await;
-        }
-        let instances = match self
-            .fleet
-            .group_instances(&target.key.group, target.deadline)
+        let (mut result, instances) = match self
+            .start_flow(
+                target,
+                &[Dependency::Autoscaling, Dependency::Ec2, Dependency::Etcd],
+                "change membership",
+                metrics,
+            )
             .await
         {
-            Ok(instances) => instances,
-            Err(e) => {
-                let (reason, error) = aws_cause(&e);
-                return self
-                    .hold(
-                        target,
-                        result,
-                        format!("cannot list the group's instances: {reason}"),
-                        error,
-                        metrics,
-                    )
-                    .await;
-            }
+            Ok(started) => started,
+            Err(done) => return done,
         };
         let instance = instances
             .iter()
@@ -419,6 +393,38 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             }
             RemovalOutcome::Unsafe { reason, error } => {
                 self.hold(target, result, reason, error, metrics).await
+            }
+        }
+    }
+
+    /// The common start of a flow: fail at once if a circuit it needs is open, hold inside the
+    /// deadline reserve, then read the group's instances (holding if EC2 cannot be read). `Err`
+    /// carries the finished result.
+    async fn start_flow(
+        &self,
+        target: &Target<'_>,
+        dependencies: &[Dependency],
+        work: &str,
+        metrics: &mut InvocationMetrics,
+    ) -> Result<(InstanceResult, Vec<Instance>), InstanceResult> {
+        let result = self.result_for(target);
+        if let Err(open) = self.resilience.ensure_closed(dependencies) {
+            return Err(fail(result, open.into()));
+        }
+        if target.deadline.in_reserve(Instant::now()) {
+            let reason = format!("too little time left before the deadline to {work}");
+            return Err(self.hold(target, result, reason, None, metrics).await);
+        }
+        match self
+            .fleet
+            .group_instances(&target.key.group, target.deadline)
+            .await
+        {
+            Ok(instances) => Ok((result, instances)),
+            Err(e) => {
+                let (reason, error) = aws_cause(&e);
+                let reason = format!("cannot list the group's instances: {reason}");
+                Err(self.hold(target, result, reason, error, metrics).await)
             }
         }
     }
@@ -502,8 +508,8 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         into_warm_pool: bool,
         metrics: &mut InvocationMetrics,
     ) -> InstanceResult {
-        let mut result = self.result_for(target);
         if into_warm_pool {
+            let mut result = self.result_for(target);
             if let Err(open) = self.resilience.ensure_closed(&[Dependency::Autoscaling]) {
                 return fail(result, open.into());
             }
@@ -512,41 +518,17 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         }
         // etcd is optional here: a launch cannot hurt quorum, and an unreachable etcd means the
         // cluster is being bootstrapped.
-        if let Err(open) = self
-            .resilience
-            .ensure_closed(&[Dependency::Autoscaling, Dependency::Ec2])
-        {
-            return fail(result, open.into());
-        }
-        if target.deadline.in_reserve(Instant::now()) {
-            return self
-                .hold(
-                    target,
-                    result,
-                    "too little time left before the deadline to clean up membership".into(),
-                    None,
-                    metrics,
-                )
-                .await;
-        }
-        let instances = match self
-            .fleet
-            .group_instances(&target.key.group, target.deadline)
+        let (mut result, instances) = match self
+            .start_flow(
+                target,
+                &[Dependency::Autoscaling, Dependency::Ec2],
+                "clean up membership",
+                metrics,
+            )
             .await
         {
-            Ok(instances) => instances,
-            Err(e) => {
-                let (reason, error) = aws_cause(&e);
-                return self
-                    .hold(
-                        target,
-                        result,
-                        format!("cannot list the group's instances: {reason}"),
-                        error,
-                        metrics,
-                    )
-                    .await;
-            }
+            Ok(started) => started,
+            Err(done) => return done,
         };
         let newcomer = instances.iter().find(|i| i.id == target.key.instance_id);
         let notes = self
