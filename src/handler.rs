@@ -345,6 +345,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 private_ip: None,
                 private_dns: None,
                 state: String::new(),
+                spot: false,
             });
         let view = match self.membership.cluster(&instances, target.deadline).await {
             Ok(view) => view,
@@ -388,6 +389,15 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 result.detail = format!(
                     "member {} ({:x}) was already removed",
                     member.name, member.id
+                );
+                self.complete(target, result, metrics).await
+            }
+            // A Spot interruption takes the instance after two minutes whatever the hook says:
+            // holding cannot save it, so its member is kept (never knowingly breaking quorum) and
+            // the action completed; stale-member cleanup removes the member once that is safe.
+            RemovalOutcome::Unsafe { reason, .. } if instance.spot => {
+                result.detail = format!(
+                    "spot instance, cannot be held: {reason}; member kept for stale-member cleanup"
                 );
                 self.complete(target, result, metrics).await
             }

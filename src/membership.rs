@@ -160,6 +160,7 @@ mod tests {
             private_ip: ip.parse().ok(),
             private_dns: Some(dns.to_string()).filter(|d| !d.is_empty()),
             state: "running".to_string(),
+            spot: false,
         }
     }
 

@@ -15,6 +15,7 @@ fn instance(n: u8) -> Instance {
         private_ip: Some(format!("10.0.0.{n}").parse().unwrap()),
         private_dns: Some(format!("ip-10-0-0-{n}.ec2.internal")),
         state: "running".into(),
+        spot: false,
     }
 }
 
@@ -362,6 +363,34 @@ async fn unsafe_removal_holds_with_one_heartbeat_and_nothing_else() {
         lines.iter().any(|l| l.contains("\"QuorumHolds\":1.0")),
         "{lines:?}"
     );
+}
+
+#[tokio::test]
+async fn an_unsafe_spot_interruption_completes_without_removing_or_holding() {
+    let mut world = World::three_nodes();
+    world
+        .view
+        .as_mut()
+        .unwrap()
+        .healthy
+        .retain(|&id| id != member(2).id);
+    world.instances[2].spot = true;
+    let (h, calls, _) = world.build();
+    let out = h.handle(&terminate(3), minute()).await.unwrap();
+    assert_eq!(
+        calls.all(),
+        strs(&[
+            "ec2:DescribeInstances etcd-asg",
+            "etcd:MemberList+Status",
+            &complete_call(3),
+        ])
+    );
+    let detail = out["results"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("spot instance, cannot be held: removing member"),
+        "{detail}"
+    );
+    assert_eq!(out["results"][0]["member_removed"], false);
 }
 
 #[tokio::test]
