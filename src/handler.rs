@@ -9,7 +9,8 @@
 //! - no new work starts inside the deadline reserve: the time left there is for the heartbeat or
 //!   the completion;
 //! - before a flow makes its first call, the breakers of every dependency it needs are checked,
-//!   and an open one fails the flow at once.
+//!   and an open one fails the flow at once, with no call to it; if Auto Scaling is still
+//!   reachable, the instance is held with one heartbeat so an outage cannot time its hook out.
 //!
 //! `action` values in the summary: `completed` (CONTINUE sent, or the action was already over),
 //! `held` (heartbeat recorded, error answered), `skipped` (not ours, or nothing left to do),
@@ -419,6 +420,19 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
     ) -> Result<(InstanceResult, Vec<Instance>), InstanceResult> {
         let result = self.result_for(target);
         if let Err(open) = self.resilience.ensure_closed(dependencies) {
+            // No call to the open dependency. If Auto Scaling itself is reachable, the instance
+            // is still held (one heartbeat) so a long outage does not let its hook time out.
+            if open.dependency != Dependency::Autoscaling
+                && self
+                    .resilience
+                    .ensure_closed(&[Dependency::Autoscaling])
+                    .is_ok()
+            {
+                let reason = open.to_string();
+                return Err(self
+                    .hold(target, result, reason, Some(open.into()), metrics)
+                    .await);
+            }
             return Err(fail(result, open.into()));
         }
         if target.deadline.in_reserve(Instant::now()) {
@@ -709,7 +723,9 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         let mut results = Vec::new();
         for group in &self.config.asg_names {
             let mut group_result = InstanceResult::new(Some(group), None, None);
-            if let Err(open) = self.resilience.ensure_closed(&Dependency::ALL) {
+            // Only Auto Scaling is needed to find the waiting instances; each one's flow then
+            // holds it even while EC2 or etcd is out, so no hook times out during an outage.
+            if let Err(open) = self.resilience.ensure_closed(&[Dependency::Autoscaling]) {
                 group_result.log();
                 results.push(fail(group_result, open.into()));
                 continue;
@@ -805,7 +821,11 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         error: Option<HandlerError>,
         metrics: &mut InvocationMetrics,
     ) -> InstanceResult {
-        match self.lifecycle.heartbeat(&target.key, target.deadline).await {
+        match self
+            .lifecycle
+            .heartbeat(&target.key, &target.deadline.finishing())
+            .await
+        {
             Ok(Heartbeat::Recorded) => {
                 metrics.heartbeats += 1;
                 result.action = Action::Held;
@@ -847,7 +867,11 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         mut result: InstanceResult,
         metrics: &mut InvocationMetrics,
     ) -> InstanceResult {
-        match self.lifecycle.complete(&target.key, target.deadline).await {
+        match self
+            .lifecycle
+            .complete(&target.key, &target.deadline.finishing())
+            .await
+        {
             Ok(Completion::Completed) => {
                 metrics.completed("CONTINUE");
                 result.action = Action::Completed;
