@@ -9,7 +9,8 @@
 //! - no new work starts inside the deadline reserve: the time left there is for the heartbeat or
 //!   the completion;
 //! - before a flow makes its first call, the breakers of every dependency it needs are checked,
-//!   and an open one fails the flow at once.
+//!   and an open one fails the flow at once, with no call to it; if Auto Scaling is still
+//!   reachable, the instance is held with one heartbeat so an outage cannot time its hook out.
 //!
 //! `action` values in the summary: `completed` (CONTINUE sent, or the action was already over),
 //! `held` (heartbeat recorded, error answered), `skipped` (not ours, or nothing left to do),
@@ -324,43 +325,17 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         target: &Target<'_>,
         metrics: &mut InvocationMetrics,
     ) -> InstanceResult {
-        let mut result = self.result_for(target);
-        if let Err(open) = self.resilience.ensure_closed(&[
-            Dependency::Autoscaling,
-            Dependency::Ec2,
-            Dependency::Etcd,
-        ]) {
-            return fail(result, HandlerError::CircuitOpen(open));
-        }
-        if target.deadline.in_reserve(Instant::now()) {
-            return self
-                .hold(
-                    target,
-                    result,
-                    "too little time left before the deadline to change membership".into(),
-                    None,
-                    metrics,
-                )
-                .await;
-        }
-        let instances = match self
-            .fleet
-            .group_instances(&target.key.group, target.deadline)
+        let (mut result, instances) = match self
+            .start_flow(
+                target,
+                &[Dependency::Autoscaling, Dependency::Ec2, Dependency::Etcd],
+                "change membership",
+                metrics,
+            )
             .await
         {
-            Ok(instances) => instances,
-            Err(e) => {
-                let (reason, error) = aws_cause(&e);
-                return self
-                    .hold(
-                        target,
-                        result,
-                        format!("cannot list the group's instances: {reason}"),
-                        error,
-                        metrics,
-                    )
-                    .await;
-            }
+            Ok(started) => started,
+            Err(done) => return done,
         };
         let instance = instances
             .iter()
@@ -371,6 +346,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 private_ip: None,
                 private_dns: None,
                 state: String::new(),
+                spot: false,
             });
         let view = match self.membership.cluster(&instances, target.deadline).await {
             Ok(view) => view,
@@ -417,8 +393,62 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 );
                 self.complete(target, result, metrics).await
             }
+            // A Spot interruption takes the instance after two minutes whatever the hook says:
+            // holding cannot save it, so its member is kept (never knowingly breaking quorum) and
+            // the action completed; stale-member cleanup removes the member once that is safe.
+            RemovalOutcome::Unsafe { reason, .. } if instance.spot => {
+                result.detail = format!(
+                    "spot instance, cannot be held: {reason}; member kept for stale-member cleanup"
+                );
+                self.complete(target, result, metrics).await
+            }
             RemovalOutcome::Unsafe { reason, error } => {
                 self.hold(target, result, reason, error, metrics).await
+            }
+        }
+    }
+
+    /// The common start of a flow: fail at once if a circuit it needs is open, hold inside the
+    /// deadline reserve, then read the group's instances (holding if EC2 cannot be read). `Err`
+    /// carries the finished result.
+    async fn start_flow(
+        &self,
+        target: &Target<'_>,
+        dependencies: &[Dependency],
+        work: &str,
+        metrics: &mut InvocationMetrics,
+    ) -> Result<(InstanceResult, Vec<Instance>), InstanceResult> {
+        let result = self.result_for(target);
+        if let Err(open) = self.resilience.ensure_closed(dependencies) {
+            // No call to the open dependency. If Auto Scaling itself is reachable, the instance
+            // is still held (one heartbeat) so a long outage does not let its hook time out.
+            if open.dependency != Dependency::Autoscaling
+                && self
+                    .resilience
+                    .ensure_closed(&[Dependency::Autoscaling])
+                    .is_ok()
+            {
+                let reason = open.to_string();
+                return Err(self
+                    .hold(target, result, reason, Some(open.into()), metrics)
+                    .await);
+            }
+            return Err(fail(result, open.into()));
+        }
+        if target.deadline.in_reserve(Instant::now()) {
+            let reason = format!("too little time left before the deadline to {work}");
+            return Err(self.hold(target, result, reason, None, metrics).await);
+        }
+        match self
+            .fleet
+            .group_instances(&target.key.group, target.deadline)
+            .await
+        {
+            Ok(instances) => Ok((result, instances)),
+            Err(e) => {
+                let (reason, error) = aws_cause(&e);
+                let reason = format!("cannot list the group's instances: {reason}");
+                Err(self.hold(target, result, reason, error, metrics).await)
             }
         }
     }
@@ -502,8 +532,8 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         into_warm_pool: bool,
         metrics: &mut InvocationMetrics,
     ) -> InstanceResult {
-        let mut result = self.result_for(target);
         if into_warm_pool {
+            let mut result = self.result_for(target);
             if let Err(open) = self.resilience.ensure_closed(&[Dependency::Autoscaling]) {
                 return fail(result, open.into());
             }
@@ -512,41 +542,17 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         }
         // etcd is optional here: a launch cannot hurt quorum, and an unreachable etcd means the
         // cluster is being bootstrapped.
-        if let Err(open) = self
-            .resilience
-            .ensure_closed(&[Dependency::Autoscaling, Dependency::Ec2])
-        {
-            return fail(result, open.into());
-        }
-        if target.deadline.in_reserve(Instant::now()) {
-            return self
-                .hold(
-                    target,
-                    result,
-                    "too little time left before the deadline to clean up membership".into(),
-                    None,
-                    metrics,
-                )
-                .await;
-        }
-        let instances = match self
-            .fleet
-            .group_instances(&target.key.group, target.deadline)
+        let (mut result, instances) = match self
+            .start_flow(
+                target,
+                &[Dependency::Autoscaling, Dependency::Ec2],
+                "clean up membership",
+                metrics,
+            )
             .await
         {
-            Ok(instances) => instances,
-            Err(e) => {
-                let (reason, error) = aws_cause(&e);
-                return self
-                    .hold(
-                        target,
-                        result,
-                        format!("cannot list the group's instances: {reason}"),
-                        error,
-                        metrics,
-                    )
-                    .await;
-            }
+            Ok(started) => started,
+            Err(done) => return done,
         };
         let newcomer = instances.iter().find(|i| i.id == target.key.instance_id);
         let notes = self
@@ -717,7 +723,9 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         let mut results = Vec::new();
         for group in &self.config.asg_names {
             let mut group_result = InstanceResult::new(Some(group), None, None);
-            if let Err(open) = self.resilience.ensure_closed(&Dependency::ALL) {
+            // Only Auto Scaling is needed to find the waiting instances; each one's flow then
+            // holds it even while EC2 or etcd is out, so no hook times out during an outage.
+            if let Err(open) = self.resilience.ensure_closed(&[Dependency::Autoscaling]) {
                 group_result.log();
                 results.push(fail(group_result, open.into()));
                 continue;
@@ -813,7 +821,11 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         error: Option<HandlerError>,
         metrics: &mut InvocationMetrics,
     ) -> InstanceResult {
-        match self.lifecycle.heartbeat(&target.key, target.deadline).await {
+        match self
+            .lifecycle
+            .heartbeat(&target.key, &target.deadline.finishing())
+            .await
+        {
             Ok(Heartbeat::Recorded) => {
                 metrics.heartbeats += 1;
                 result.action = Action::Held;
@@ -855,7 +867,11 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         mut result: InstanceResult,
         metrics: &mut InvocationMetrics,
     ) -> InstanceResult {
-        match self.lifecycle.complete(&target.key, target.deadline).await {
+        match self
+            .lifecycle
+            .complete(&target.key, &target.deadline.finishing())
+            .await
+        {
             Ok(Completion::Completed) => {
                 metrics.completed("CONTINUE");
                 result.action = Action::Completed;

@@ -56,6 +56,11 @@ pub fn member_matches(member: &Member, instance: &Instance) -> bool {
                 return true;
             }
         }
+        // A name that is another instance's ID or EC2 host name belongs to that instance, even
+        // when this instance was given the private IP it used to have.
+        if names_an_ec2_instance(name) {
+            return false;
+        }
     }
     instance.private_ip.is_some_and(|ip| {
         member
@@ -64,6 +69,21 @@ pub fn member_matches(member: &Member, instance: &Instance) -> bool {
             .chain(&member.client_urls)
             .any(|u| url_ip(u) == Some(ip))
     })
+}
+
+/// Whether `name` has the form of an EC2 instance ID (`i-` and 8 or 17 hex digits) or of an EC2
+/// private host name (`ip-10-0-1-5`, optionally with its domain).
+fn names_an_ec2_instance(name: &str) -> bool {
+    if let Some(hex) = name.strip_prefix("i-") {
+        return matches!(hex.len(), 8 | 17) && hex.chars().all(|c| c.is_ascii_hexdigit());
+    }
+    name.split('.')
+        .next()
+        .and_then(|host| host.strip_prefix("ip-"))
+        .is_some_and(|ip| {
+            let parts: Vec<&str> = ip.split('-').collect();
+            parts.len() == 4 && parts.iter().all(|p| p.parse::<u8>().is_ok())
+        })
 }
 
 /// The member of `instance`, if the cluster has one.
@@ -160,6 +180,7 @@ mod tests {
             private_ip: ip.parse().ok(),
             private_dns: Some(dns.to_string()).filter(|d| !d.is_empty()),
             state: "running".to_string(),
+            spot: false,
         }
     }
 
@@ -203,6 +224,29 @@ mod tests {
             &member(1, "", "10.0.1.6", false),
             &instance("i-x", "", "")
         ));
+    }
+
+    #[test]
+    fn a_reused_ip_does_not_adopt_another_instances_member() {
+        let newcomer = instance(
+            "i-0bbbbbbbbbbbbbbb2",
+            "10.0.0.5",
+            "ip-10-0-0-5.ec2.internal",
+        );
+        let dead = member(1, "i-0aaaaaaaaaaaaaaa1", "10.0.0.5", false);
+        assert!(
+            !member_matches(&dead, &newcomer),
+            "named for the dead instance"
+        );
+        let by_host = member(2, "ip-10-0-0-9", "10.0.0.5", false);
+        assert!(!member_matches(&by_host, &newcomer));
+        let custom = member(3, "etcd-blue", "10.0.0.5", false);
+        assert!(
+            member_matches(&custom, &newcomer),
+            "other names still match by IP"
+        );
+        let v = view(vec![dead], &[1]);
+        assert_eq!(stale_members(&v, &[newcomer]).len(), 1);
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct Instance {
     pub private_dns: Option<String>,
     /// EC2 state name: `pending`, `running`, ...
     pub state: String,
+    /// A Spot instance: an interruption takes it after two minutes whatever the hook says.
+    pub spot: bool,
 }
 
 /// The lifecycle transition being handled.

@@ -12,7 +12,9 @@ use aws_sdk_autoscaling::operation::record_lifecycle_action_heartbeat::{
     RecordLifecycleActionHeartbeatError, RecordLifecycleActionHeartbeatOutput,
 };
 use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
-use aws_sdk_ec2::types::{Instance as Ec2Instance, InstanceState, InstanceStateName, Reservation};
+use aws_sdk_ec2::types::{
+    Instance as Ec2Instance, InstanceLifecycleType, InstanceState, InstanceStateName, Reservation,
+};
 use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
 use aws_smithy_types::error::ErrorMetadata;
 use aws_smithy_types::retry::RetryConfig;
@@ -203,6 +205,10 @@ async fn five_consecutive_503s_open_the_circuit_and_the_sixth_call_makes_no_requ
 }
 
 fn ec2_instance(n: u8) -> Ec2Instance {
+    ec2_instance_builder(n).build()
+}
+
+fn ec2_instance_builder(n: u8) -> aws_sdk_ec2::types::builders::InstanceBuilder {
     Ec2Instance::builder()
         .instance_id(format!("i-000000000000000{n}"))
         .private_ip_address(format!("10.0.0.{n}"))
@@ -212,7 +218,6 @@ fn ec2_instance(n: u8) -> Ec2Instance {
                 .name(InstanceStateName::Running)
                 .build(),
         )
-        .build()
 }
 
 fn ec2_fleet(rules: &[&Rule], layer: &Arc<Resilience>) -> Ec2Fleet {
@@ -245,7 +250,15 @@ async fn describe_instances_follows_every_page() {
         })
         .then_output(|| {
             DescribeInstancesOutput::builder()
-                .reservations(Reservation::builder().instances(ec2_instance(3)).build())
+                .reservations(
+                    Reservation::builder()
+                        .instances(
+                            ec2_instance_builder(3)
+                                .instance_lifecycle(InstanceLifecycleType::Spot)
+                                .build(),
+                        )
+                        .build(),
+                )
                 .build()
         });
     let fleet = ec2_fleet(&[&first, &second], &resilience());
@@ -264,6 +277,8 @@ async fn describe_instances_follows_every_page() {
     );
     assert_eq!(instances[2].private_ip, Some("10.0.0.3".parse().unwrap()));
     assert_eq!(instances[2].state, "running");
+    let spot: Vec<bool> = instances.iter().map(|i| i.spot).collect();
+    assert_eq!(spot, [false, false, true]);
     assert_eq!((first.num_calls(), second.num_calls()), (1, 1));
 }
 

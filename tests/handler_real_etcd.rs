@@ -172,6 +172,7 @@ async fn launch_removes_a_stale_member_and_completes() {
         private_ip: Some("127.0.0.128".parse().unwrap()),
         private_dns: None,
         state: "pending".into(),
+        spot: false,
     };
     instances.push(newcomer.clone());
     let (h, lifecycle) = handler(instances, cluster.config());

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use aws_sdk_ec2::types::Filter;
+use aws_sdk_ec2::types::{Filter, InstanceLifecycleType};
 
 use super::aws_error;
 use crate::model::{AwsError, Fleet, Instance};
@@ -73,6 +73,7 @@ impl Fleet for Ec2Fleet {
                             .and_then(|s| s.name())
                             .map(|n| n.as_str().to_string())
                             .unwrap_or_default(),
+                        spot: i.instance_lifecycle() == Some(&InstanceLifecycleType::Spot),
                     });
                 }
             }

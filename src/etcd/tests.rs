@@ -20,6 +20,7 @@ fn instance(id: &str, ip: Option<&str>) -> Instance {
         private_ip: ip.map(|ip| ip.parse().unwrap_or_else(|e| panic!("{ip}: {e}"))),
         private_dns: None,
         state: "running".to_string(),
+        spot: false,
     }
 }
 

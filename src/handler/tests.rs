@@ -15,6 +15,7 @@ fn instance(n: u8) -> Instance {
         private_ip: Some(format!("10.0.0.{n}").parse().unwrap()),
         private_dns: Some(format!("ip-10-0-0-{n}.ec2.internal")),
         state: "running".into(),
+        spot: false,
     }
 }
 
@@ -365,6 +366,34 @@ async fn unsafe_removal_holds_with_one_heartbeat_and_nothing_else() {
 }
 
 #[tokio::test]
+async fn an_unsafe_spot_interruption_completes_without_removing_or_holding() {
+    let mut world = World::three_nodes();
+    world
+        .view
+        .as_mut()
+        .unwrap()
+        .healthy
+        .retain(|&id| id != member(2).id);
+    world.instances[2].spot = true;
+    let (h, calls, _) = world.build();
+    let out = h.handle(&terminate(3), minute()).await.unwrap();
+    assert_eq!(
+        calls.all(),
+        strs(&[
+            "ec2:DescribeInstances etcd-asg",
+            "etcd:MemberList+Status",
+            &complete_call(3),
+        ])
+    );
+    let detail = out["results"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("spot instance, cannot be held: removing member"),
+        "{detail}"
+    );
+    assert_eq!(out["results"][0]["member_removed"], false);
+}
+
+#[tokio::test]
 async fn refused_removal_is_a_hold() {
     let mut world = World::three_nodes();
     world.refuse_removal = true;
@@ -441,7 +470,67 @@ async fn an_open_breaker_fails_the_flow_before_any_call() {
     }
     let err = h.handle(&terminate(3), minute()).await.unwrap_err();
     assert_eq!(err.to_string(), "circuit open for etcd; retry after 60s");
+    assert_eq!(
+        calls.all(),
+        strs(&["autoscaling:RecordLifecycleActionHeartbeat etcd-asg hook token=tok-1"]),
+        "no EC2 or etcd call; the instance is held"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_auto_scaling_circuit_means_no_call_at_all() {
+    let (h, calls, _) = World::three_nodes().build();
+    let autoscaling = h.resilience.breaker(Dependency::Autoscaling);
+    for _ in 0..5 {
+        autoscaling
+            .acquire(Instant::now())
+            .unwrap()
+            .failure(Instant::now());
+    }
+    let err = h.handle(&terminate(3), minute()).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "circuit open for autoscaling; retry after 60s"
+    );
     assert!(calls.all().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sweep_during_an_etcd_outage_holds_every_waiting_instance() {
+    let mut world = World::three_nodes();
+    world.config.asg_names = vec![GROUP.into()];
+    world.group.hooks = vec![Hook {
+        name: "etcd-terminate".into(),
+        transition: Transition::Terminating,
+    }];
+    world.group.waiting = [2, 3]
+        .map(|n| WaitingInstance {
+            instance_id: instance(n).id,
+            lifecycle_state: "Terminating:Wait".into(),
+        })
+        .to_vec();
+    let (h, calls, _) = world.build();
+    let etcd = h.resilience.breaker(Dependency::Etcd);
+    for _ in 0..5 {
+        etcd.acquire(Instant::now())
+            .unwrap()
+            .failure(Instant::now());
+    }
+    let sweep = json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}});
+    let err = h.handle(&sweep, minute()).await.unwrap_err();
+    assert!(err.to_string().contains("circuit open for etcd"), "{err}");
+    let beats: Vec<String> = calls
+        .all()
+        .into_iter()
+        .filter(|c| c.contains("Heartbeat"))
+        .collect();
+    assert_eq!(
+        beats.len(),
+        2,
+        "both waiting instances held: {:?}",
+        calls.all()
+    );
+    assert!(calls.all().iter().all(|c| !c.starts_with("etcd:")));
 }
 
 #[tokio::test(start_paused = true)]

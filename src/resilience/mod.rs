@@ -90,8 +90,8 @@ pub enum CallError<E> {
         #[source]
         source: E,
     },
-    /// The invocation's hard deadline arrived while the call was in flight.
-    #[error("{dependency} did not answer before the invocation deadline")]
+    /// The call was still in flight when its time budget ended.
+    #[error("{dependency} did not answer within the invocation's time budget (deadline minus DEADLINE_RESERVE_MS)")]
     DeadlineReached { dependency: Dependency },
 }
 
@@ -225,9 +225,11 @@ impl Resilience {
                     retry_after: rejected.retry_after,
                 })?;
             attempts += 1;
-            // The permit is dropped unsettled if the deadline cuts the call: that neither counts
-            // against the dependency nor keeps a half-open probe slot.
-            let outcome = match tokio::time::timeout_at(deadline.at, op()).await {
+            // Work stops where the reserve begins, so the reserve is left whole for the heartbeat
+            // or completion (which run under `Deadline::finishing`). The permit is dropped
+            // unsettled if the deadline cuts the call: that neither counts against the dependency
+            // nor keeps a half-open probe slot.
+            let outcome = match tokio::time::timeout_at(deadline.work_until(), op()).await {
                 Ok(outcome) => outcome,
                 Err(_) => return Err(CallError::DeadlineReached { dependency }),
             };

@@ -9,6 +9,9 @@ use tokio::time::Instant;
 
 use super::backoff::{Backoff, Jitter};
 
+/// Time kept after the finishing call to post the invocation's answer to the Runtime API.
+pub const ANSWER_MARGIN: Duration = Duration::from_millis(200);
+
 /// The invocation's time budget: the Lambda deadline and the part of it kept back for the final
 /// heartbeat or completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +35,16 @@ impl Deadline {
     /// The last instant at which new work (a retry, a wait, a membership change) may still end.
     pub fn work_until(&self) -> Instant {
         self.at.checked_sub(self.reserve).unwrap_or(self.at)
+    }
+
+    /// The budget of the call that finishes an action (heartbeat or completion): the reserve
+    /// itself, up to [`ANSWER_MARGIN`] before the hard deadline, so the invocation can still post
+    /// its answer in time.
+    pub fn finishing(&self) -> Deadline {
+        Deadline {
+            at: self.at.checked_sub(ANSWER_MARGIN).unwrap_or(self.at),
+            reserve: Duration::ZERO,
+        }
     }
 
     /// Time left before the hard deadline.
@@ -109,6 +122,19 @@ mod tests {
         let jitter = FixedJitter(0.999_999);
         assert!(policy().next_delay(2, now, &deadline, &jitter).is_some());
         assert_eq!(policy().next_delay(3, now, &deadline, &jitter), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_finishing_call_gets_the_reserve_but_not_the_answer_margin() {
+        let now = Instant::now();
+        let deadline = Deadline::new(now + Duration::from_secs(10), Duration::from_secs(2));
+        assert_eq!(deadline.work_until(), now + Duration::from_secs(8));
+        let finishing = deadline.finishing();
+        assert_eq!(
+            finishing.work_until(),
+            now + Duration::from_secs(10) - ANSWER_MARGIN
+        );
+        assert!(!finishing.in_reserve(now + Duration::from_secs(9)));
     }
 
     #[tokio::test(start_paused = true)]

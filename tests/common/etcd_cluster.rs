@@ -164,6 +164,7 @@ impl EtcdCluster {
                 private_ip: Some(IpAddr::V4(n.ip)),
                 private_dns: None,
                 state: "running".to_string(),
+                spot: false,
             })
             .collect()
     }
