@@ -4,6 +4,10 @@
 # with the Python baseline's packages (requirements-bench.txt).
 #
 #   bash bench/setup.sh        prints the directory holding `bootstrap` and `echo`
+#
+# A target directory shared by several checkouts of this repository can hold a binary another
+# checkout built more recently than this one's sources changed, and cargo then calls it fresh:
+# build this checkout's binary first (touch its sources) or pass it as BOOTSTRAP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,9 +20,15 @@ bin=${BENCH_BIN_DIR:-.bench-bin}
 mkdir -p "$bin"
 # Two builds, never one: an example also gets the dev-dependencies, and their features (the SDK's
 # test-util, more of tokio) would be unified into the function's binary if built together.
-log "building the release binary and the echo example"
-cargo build --release --locked --bin etcd-lifecycle-hook >&2
-cp "$target/release/etcd-lifecycle-hook" "$bin/bootstrap"
+# BOOTSTRAP=path measures that binary instead (as in tests/stack), e.g. one built elsewhere.
+if [ -n "${BOOTSTRAP:-}" ]; then
+  cp "$BOOTSTRAP" "$bin/bootstrap"
+else
+  log "building the release binary"
+  cargo build --release --locked --bin etcd-lifecycle-hook >&2
+  cp "$target/release/etcd-lifecycle-hook" "$bin/bootstrap"
+fi
+log "building the echo example"
 cargo build --release --locked --example echo >&2
 cp "$target/release/examples/echo" "$bin/echo"
 
