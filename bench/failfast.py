@@ -7,7 +7,8 @@ loopback port that accepts connections and resets them, counting them), with
 BREAKER_FAILURE_THRESHOLD=1 and a reset timeout of an hour. Invocations are sent until the answer
 says "circuit open for <dependency>"; then `--runs` more are timed, from the moment the emulator
 queues the event (the warm function waiting in `/next`) to the moment the answer is posted, and
-the requests counted: connections to the dead endpoint, requests in the AWS stack's log, and etcd
+the requests counted: connections to the dead endpoint, requests in the AWS stack's log (per
+Action: a hold's heartbeat is a request to Auto Scaling, not to the dependency that is down), and etcd
 gRPC requests (etcd's `grpc_server_handled_total` over all members). Last, the echo function
 answers the same event the same number of times: the floor of any invocation under this emulator.
 
@@ -60,7 +61,7 @@ def main() -> int:
                 raise RuntimeError(f"the {dependency} circuit never opened: {payload}\n{fn.output()}")
 
             latencies = []
-            dead_before, aws_before, etcd_before = dead.connections, stack.aws.count(), etcd_counts(stack)
+            dead_before, aws_before, etcd_before = dead.connections, stack.aws.counts(), etcd_counts(stack)
             for _ in range(args.runs):
                 inv = fn.api.submit(event)
                 if not inv.done.wait(60):
@@ -69,10 +70,14 @@ def main() -> int:
                     raise RuntimeError(f"expected '{needle}', got {inv.payload}")
                 latencies.append((inv.answered_at - inv.queued_at) * 1000)
             etcd_delta = sum((etcd_counts(stack) - etcd_before).values())
+            aws_after = stack.aws.counts()
+            aws_delta = {k: n - aws_before.get(k, 0) for k, n in aws_after.items()
+                         if n != aws_before.get(k, 0)}
             rows.append([
                 dependency, str(len(latencies)), ms(median(latencies)),
                 ms(percentile(latencies, 99)), ms(max(latencies)),
-                str(dead.connections - dead_before), str(stack.aws.count() - aws_before),
+                str(dead.connections - dead_before),
+                "; ".join(f"{k} {n}" for k, n in aws_delta.items()) or "0",
                 str(etcd_delta), f'"{inv.payload["errorMessage"][:90]}"',
             ])
             fn.stop()
