@@ -18,6 +18,11 @@ lifecycle actions and events for them, and tears down only what it started.
 Addresses: slot N owns 127.0.N.11-127.0.N.18 (ports 2379/2380 on each), claimed with a lock file
 under the system temp directory, so parallel test processes pick different slots.
 
+Transport faults (see gate.py): `Stack(etcd_gates=True)` puts a `TcpGate` on every etcd member's
+advertised client URL; `stack.aws_gate("autoscaling" | "ec2")` puts one in front of that service,
+and functions spawned afterwards reach the service through it. The AWS fault layer (aws.py) and
+`stack.etcd.stop_node` / `pause_node` cover the rest.
+
 Environment knobs: `BOOTSTRAP` (path of the binary; default `target/release/etcd-lifecycle-hook`,
 under `CARGO_TARGET_DIR` when set), `STACK_KEEP=1` keeps the work directory (logs, etcd data) under
 `.stack/` after teardown.
@@ -51,6 +56,7 @@ from .aws import (
     seed_group,
 )
 from .etcd import EtcdCluster
+from .gate import TcpGate
 from .runtime_api import FunctionDied, InvocationTimeout, RuntimeApi
 
 __all__ = [
@@ -58,6 +64,7 @@ __all__ = [
     "FunctionProcess",
     "AddressSlot",
     "DeadEndpoint",
+    "TcpGate",
     "bootstrap_path",
     "events",
     "LAUNCHING",
@@ -68,6 +75,8 @@ __all__ = [
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FUNCTION_NAME = "etcd-lifecycle-hook"
+# The SDK's service-specific endpoint variables (service ID, upper case, spaces as underscores).
+AWS_ENDPOINT_VARIABLES = {"autoscaling": "AWS_ENDPOINT_URL_AUTO_SCALING", "ec2": "AWS_ENDPOINT_URL_EC2"}
 IPS_PER_SLOT = 8
 
 
@@ -308,8 +317,11 @@ class Stack:
         heartbeat_timeout: int = 300,
         workdir: str | None = None,
         keep: bool | None = None,
+        etcd_gates: bool = False,
     ):
         self.nodes = nodes
+        self.etcd_gates = etcd_gates
+        self._aws_gates: dict[str, TcpGate] = {}
         self.group = group
         self.heartbeat_timeout = heartbeat_timeout
         self.keep = keep if keep is not None else os.environ.get("STACK_KEEP") == "1"
@@ -341,7 +353,9 @@ class Stack:
                 heartbeat_timeout=self.heartbeat_timeout,
             )
             names = list(self.seeded.instances)
-            self.etcd = EtcdCluster(names, ips, root=os.path.join(self.workdir, "etcd"))
+            self.etcd = EtcdCluster(
+                names, ips, root=os.path.join(self.workdir, "etcd"), gated=self.etcd_gates
+            )
             self.etcd.start()
         except BaseException:
             self.down()
@@ -358,6 +372,9 @@ class Stack:
         for dead in self._dead:
             dead.close()
         self._dead.clear()
+        for gate in self._aws_gates.values():
+            gate.close()
+        self._aws_gates.clear()
         if self.etcd is not None:
             self.etcd.stop()
         if self.aws is not None:
@@ -403,6 +420,8 @@ class Stack:
             "RETRY_MAX_DELAY_MS": "200",
             "RUST_BACKTRACE": "1",
         }
+        for service, gate in self._aws_gates.items():
+            env[AWS_ENDPOINT_VARIABLES[service]] = gate.url
         env.update({k: str(v) for k, v in overrides.items()})
         return {k: v for k, v in env.items() if v is not None}
 
@@ -471,6 +490,16 @@ class Stack:
         dead = DeadEndpoint()
         self._dead.append(dead)
         return dead
+
+    def aws_gate(self, service: str) -> TcpGate:
+        """A gate in front of `service` ("autoscaling" or "ec2"); functions spawned from now on
+        reach that service through it (`AWS_ENDPOINT_URL_AUTO_SCALING` / `_EC2`)."""
+        assert self.aws is not None
+        if service not in AWS_ENDPOINT_VARIABLES:
+            raise ValueError(f"no endpoint variable for {service!r}")
+        if service not in self._aws_gates:
+            self._aws_gates[service] = TcpGate((self.aws.host, self.aws.port))
+        return self._aws_gates[service]
 
     @staticmethod
     def closed_port_url() -> str:

@@ -404,9 +404,18 @@ class FaultLayer:
         self.registry = registry
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
+        self._watchers: list[tuple[str, str | None, Callable[[dict[str, Any]], None]]] = []
         self.requests: list[dict[str, Any]] = []
 
     # -- Python control API ----------------------------------------------------------------------
+    def on_request(
+        self, service: str, action: str | None, callback: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """Calls `callback(entry)` once, when the next matching request arrives (before any fault
+        is applied to it): a test can start a fault at an exact point of the function's flow."""
+        with self._lock:
+            self._watchers.append((service, action, callback))
+
     def inject(self, fault: Fault) -> None:
         with self._lock:
             self._faults.append(fault)
@@ -451,6 +460,10 @@ class FaultLayer:
                 entry[key] = form[key][0]
         with self._lock:
             self.requests.append(entry)
+            due = [w for w in self._watchers if w[0] == service and w[1] in (None, action)]
+            self._watchers = [w for w in self._watchers if w not in due]
+        for _, _, callback in due:
+            callback(entry)
 
         fault = self._take_fault(service, action)
         if fault is not None:
@@ -643,6 +656,13 @@ class AwsServer:
     def clear_faults(self) -> None:
         assert self.layer is not None
         self.layer.clear_faults()
+
+    def on_request(
+        self, service: str, action: str | None, callback: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """See `FaultLayer.on_request`."""
+        assert self.layer is not None, "start() the server first"
+        self.layer.on_request(service, action, callback)
 
     def pending_faults(self) -> list[Fault]:
         assert self.layer is not None
