@@ -18,6 +18,9 @@ lifecycle actions and events for them, and tears down only what it started.
 Addresses: slot N owns 127.0.N.11-127.0.N.18 (ports 2379/2380 on each), claimed with a lock file
 under the system temp directory, so parallel test processes pick different slots.
 
+`Stack(etcd_tls=True)` serves etcd's clients over TLS with client certificates (tls.py makes a
+throwaway CA and keys per stack) and gives the function its `ETCD_*_FILE` variables.
+
 Transport faults (see gate.py): `Stack(etcd_gates=True)` puts a `TcpGate` on every etcd member's
 advertised client URL; `stack.aws_gate("autoscaling" | "ec2")` puts one in front of that service,
 and functions spawned afterwards reach the service through it. The AWS fault layer (aws.py) and
@@ -318,9 +321,12 @@ class Stack:
         workdir: str | None = None,
         keep: bool | None = None,
         etcd_gates: bool = False,
+        etcd_tls: bool = False,
     ):
         self.nodes = nodes
         self.etcd_gates = etcd_gates
+        self.etcd_tls = etcd_tls
+        self.tls = None  # tls.TlsFiles when etcd_tls
         self._aws_gates: dict[str, TcpGate] = {}
         self.group = group
         self.heartbeat_timeout = heartbeat_timeout
@@ -353,8 +359,16 @@ class Stack:
                 heartbeat_timeout=self.heartbeat_timeout,
             )
             names = list(self.seeded.instances)
+            if self.etcd_tls:
+                from .tls import make_tls
+
+                self.tls = make_tls(os.path.join(self.workdir, "tls"), self.slot.ips)
             self.etcd = EtcdCluster(
-                names, ips, root=os.path.join(self.workdir, "etcd"), gated=self.etcd_gates
+                names,
+                ips,
+                root=os.path.join(self.workdir, "etcd"),
+                gated=self.etcd_gates,
+                tls=self.tls,
             )
             self.etcd.start()
         except BaseException:
@@ -420,6 +434,13 @@ class Stack:
             "RETRY_MAX_DELAY_MS": "200",
             "RUST_BACKTRACE": "1",
         }
+        if self.tls is not None:
+            env.update(
+                ETCD_CLIENT_SCHEME="https",
+                ETCD_CA_FILE=self.tls.ca_cert,
+                ETCD_CERT_FILE=self.tls.client_cert,
+                ETCD_KEY_FILE=self.tls.client_key,
+            )
         for service, gate in self._aws_gates.items():
             env[AWS_ENDPOINT_VARIABLES[service]] = gate.url
         env.update({k: str(v) for k, v in overrides.items()})

@@ -458,6 +458,8 @@ class FaultLayer:
         for key in ("InstanceId", "LifecycleActionToken", "LifecycleActionResult"):
             if key in form:
                 entry[key] = form[key][0]
+        if environ.get("HTTP_X_AMZ_SECURITY_TOKEN"):
+            entry["session_token"] = environ["HTTP_X_AMZ_SECURITY_TOKEN"]
         with self._lock:
             self.requests.append(entry)
             due = [w for w in self._watchers if w[0] == service and w[1] in (None, action)]

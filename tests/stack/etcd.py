@@ -29,6 +29,10 @@ Faults for resilience tests (all opt-in; a cluster without them behaves exactly 
   (`Unavailable`, `ResourceExhausted`), while this module's own checks go straight to the node;
 * `add_node`: a new member joining an existing cluster (a node's bootstrap script), for the
   seeded chaos runs that grow the cluster again after scale-in.
+
+`tls=` (a `tls.TlsFiles`) serves clients over HTTPS and requires client certificates
+(`--client-cert-auth`); peers keep plain HTTP. This module's checks then present the client
+certificate too.
 """
 
 from __future__ import annotations
@@ -61,14 +65,17 @@ class EtcdError(RuntimeError):
         self.body = body
 
 
-def gateway(url: str, path: str, body: dict | None = None, timeout: float = 2.0) -> dict:
-    """POSTs JSON to etcd's v3 HTTP gateway at `url` (a client URL) and returns the answer."""
+def gateway(
+    url: str, path: str, body: dict | None = None, timeout: float = 2.0, context: Any = None
+) -> dict:
+    """POSTs JSON to etcd's v3 HTTP gateway at `url` (a client URL) and returns the answer
+    (`context`: an `ssl.SSLContext` for an HTTPS URL)."""
     data = json.dumps(body or {}).encode()
     req = urllib.request.Request(
         url.rstrip("/") + path, data=data, headers={"Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             return json.loads(r.read() or b"{}")
     except urllib.error.HTTPError as e:
         raw = e.read()
@@ -113,17 +120,18 @@ class Node:
     paused: bool = False
     # A joining node's `--initial-cluster` (the membership it joins); None: the cluster's own.
     initial_cluster: str | None = None
+    scheme: str = "http"  # of the client URLs ("https" in a TLS cluster)
 
     @property
     def client_url(self) -> str:
         """Where the node itself listens for clients: this module's checks use it."""
         port = GATED_CLIENT_PORT if self.gate is not None else CLIENT_PORT
-        return f"http://{self.ip}:{port}"
+        return f"{self.scheme}://{self.ip}:{port}"
 
     @property
     def advertised_url(self) -> str:
         """The client URL the node advertises (the gate's, when gated): what the function uses."""
-        return f"http://{self.ip}:{CLIENT_PORT}"
+        return f"{self.scheme}://{self.ip}:{CLIENT_PORT}"
 
     @property
     def peer_url(self) -> str:
@@ -142,11 +150,22 @@ class EtcdCluster:
     """N etcd nodes named `names`, node i listening on `ips[i]`:2379 (client) and :2380 (peer)."""
 
     def __init__(
-        self, names: list[str], ips: list[str], root: str | None = None, gated: bool = False
+        self,
+        names: list[str],
+        ips: list[str],
+        root: str | None = None,
+        gated: bool = False,
+        tls: Any = None,
     ):
         if len(names) != len(ips) or not names:
             raise ValueError("give one IP per member name")
         self.gated = gated
+        self.tls = tls
+        self.ssl_context = None
+        if tls is not None:
+            from .tls import client_ssl_context
+
+            self.ssl_context = client_ssl_context(tls)
         self._own_root = root is None
         self.root = root or tempfile.mkdtemp(prefix="etcd-e2e-")
         os.makedirs(self.root, exist_ok=True)
@@ -158,6 +177,7 @@ class EtcdCluster:
                 ip=ip,
                 data_dir=os.path.join(self.root, name),
                 log_path=os.path.join(self.root, f"{name}.log"),
+                scheme="https" if tls is not None else "http",
             )
             if gated:
                 self._gate(self.nodes[name])
@@ -189,6 +209,7 @@ class EtcdCluster:
             "--election-timeout", "500",
             "--logger", "zap",
             "--log-outputs", "stderr",
+            *self._tls_args(),
             *node.extra_args,
         ]  # fmt: skip
         log = open(node.log_path, "ab")
@@ -198,6 +219,19 @@ class EtcdCluster:
             )
         finally:
             log.close()
+
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            "--cert-file", self.tls.server_cert,
+            "--key-file", self.tls.server_key,
+            "--trusted-ca-file", self.tls.ca_cert,
+            "--client-cert-auth",
+        ]  # fmt: skip
+
+    def _gateway(self, url: str, path: str, body: dict | None = None, timeout: float = 2.0) -> dict:
+        return gateway(url, path, body, timeout=timeout, context=self.ssl_context)
 
     def start(self, timeout: float = 60.0) -> "EtcdCluster":
         """Starts every node and waits until the cluster accepts membership changes."""
@@ -257,6 +291,7 @@ class EtcdCluster:
             data_dir=os.path.join(self.root, name),
             log_path=os.path.join(self.root, f"{name}.log"),
             initial_cluster=initial_cluster,
+            scheme="https" if self.tls is not None else "http",
         )
         if self.gated:
             self._gate(node)
@@ -320,7 +355,7 @@ class EtcdCluster:
         errors = []
         for node in nodes:
             try:
-                return gateway(node.client_url, path, body)
+                return self._gateway(node.client_url, path, body)
             except EtcdError as e:
                 errors.append(str(e))
         raise EtcdError("no etcd node answered: " + "; ".join(errors or ["none is running"]))
@@ -335,7 +370,7 @@ class EtcdCluster:
         return sorted(m.name for m in self.members())
 
     def status(self, name: str) -> dict:
-        return gateway(self.nodes[name].client_url, "/v3/maintenance/status")
+        return self._gateway(self.nodes[name].client_url, "/v3/maintenance/status")
 
     def leader(self) -> str | None:
         """The name of the running node that is the leader by its own status, or None."""

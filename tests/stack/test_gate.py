@@ -217,6 +217,24 @@ class GatedEtcdTest(unittest.TestCase):
         self.assertNotIn("g4", self.cluster.nodes)
 
 
+class TlsEtcdTest(unittest.TestCase):
+    def test_clients_need_the_client_certificate(self):
+        import ssl
+
+        with Stack(nodes=1, etcd_tls=True) as stack:
+            [member] = stack.etcd.members()
+            ip = stack.ip_of(stack.instance_ids[0])
+            self.assertEqual(member.client_urls, [f"https://{ip}:2379"])
+            env = stack.env()
+            self.assertEqual(env["ETCD_ENDPOINTS"], f"https://{ip}:2379")
+            self.assertEqual(env["ETCD_CLIENT_SCHEME"], "https")
+            self.assertEqual(env["ETCD_KEY_FILE"], stack.tls.client_key)
+            self.assertIn("BEGIN PRIVATE KEY", stack.tls.client_key_pem())
+            without_cert = ssl.create_default_context(cafile=stack.tls.ca_cert)
+            with self.assertRaises(EtcdError):
+                gateway(member.client_urls[0], "/v3/maintenance/status", context=without_cert)
+
+
 class StackGateTest(unittest.TestCase):
     def test_aws_gate_is_in_the_function_environment(self):
         with Stack(nodes=1) as stack:
