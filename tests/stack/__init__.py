@@ -322,10 +322,12 @@ class Stack:
         keep: bool | None = None,
         etcd_gates: bool = False,
         etcd_tls: bool = False,
+        etcd_args: list[str] | None = None,
     ):
         self.nodes = nodes
         self.etcd_gates = etcd_gates
         self.etcd_tls = etcd_tls
+        self.etcd_args = list(etcd_args or [])  # extra flags for every etcd node
         self.tls = None  # tls.TlsFiles when etcd_tls
         self._aws_gates: dict[str, TcpGate] = {}
         self.group = group
@@ -370,6 +372,8 @@ class Stack:
                 gated=self.etcd_gates,
                 tls=self.tls,
             )
+            for node in self.etcd.nodes.values():
+                node.extra_args = list(self.etcd_args)
             self.etcd.start()
         except BaseException:
             self.down()
@@ -484,12 +488,13 @@ class Stack:
         assert self.aws is not None
         return self.aws.start_lifecycle_action(self.group, instance_id, TERMINATING)
 
-    def start_launch(self) -> tuple[str, LifecycleAction]:
-        """Scale-out: a new instance on the next spare address pauses in `Pending:Wait`."""
+    def start_launch(self, control: bool = False) -> tuple[str, LifecycleAction]:
+        """Scale-out: a new instance on the next spare address pauses in `Pending:Wait`
+        (`control`: the harness's requests bypass the fault layer, see `AwsServer.client`)."""
         assert self.aws is not None and self.seeded is not None
         if not self._spare_ips:
             raise RuntimeError("no spare address left in this slot")
-        return launch_into_group(self.aws, self.seeded, self._spare_ips.pop(0))
+        return launch_into_group(self.aws, self.seeded, self._spare_ips.pop(0), control)
 
     def account(self) -> str:
         assert self.aws is not None

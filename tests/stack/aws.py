@@ -450,6 +450,9 @@ class FaultLayer:
 
         if path.startswith("/_stack/"):
             return self._control(environ, body, start_response)
+        if environ.get("HTTP_X_STACK_CONTROL") == "1":  # the harness, not the function
+            environ["HTTP_X_MOTO_ACCOUNT_ID"] = self.account_id
+            return self.app(environ, start_response)
 
         service = service_of(environ)
         form = parse_qs(body.decode("utf-8", "replace")) if body else {}
@@ -613,11 +616,14 @@ class AwsServer:
         self.stop()
 
     # -- boto3 clients for seeding and assertions ---------------------------------------------------
-    def client(self, service: str):
+    def client(self, service: str, control: bool = False):
+        """A boto3 client. With `control`, its requests carry `x-stack-control: 1`: the fault
+        layer neither faults nor records them (a harness that changes the world while faults are
+        armed for the function, e.g. a chaos run launching an instance)."""
         import boto3
         from botocore.config import Config
 
-        return boto3.client(
+        client = boto3.client(
             service,
             region_name=self.region,
             endpoint_url=self.endpoint,
@@ -625,6 +631,13 @@ class AwsServer:
             aws_secret_access_key="test",
             config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
         )
+        if control:
+
+            def mark(request, **_):
+                request.headers["x-stack-control"] = "1"
+
+            client.meta.events.register("before-sign.*.*", mark)
+        return client
 
     # -- control (Python side) ------------------------------------------------------------------------
     def start_lifecycle_action(
@@ -789,8 +802,10 @@ def seed_group(
     )
 
 
-def launch_instance(server: AwsServer, subnet_id: str, image_id: str | None, ip: str) -> str:
-    r = server.client("ec2").run_instances(
+def launch_instance(
+    server: AwsServer, subnet_id: str, image_id: str | None, ip: str, control: bool = False
+) -> str:
+    r = server.client("ec2", control).run_instances(
         ImageId=image_id or IMAGE_ID,
         MinCount=1,
         MaxCount=1,
@@ -801,10 +816,13 @@ def launch_instance(server: AwsServer, subnet_id: str, image_id: str | None, ip:
     return r["Instances"][0]["InstanceId"]
 
 
-def launch_into_group(server: AwsServer, seeded: SeededGroup, ip: str) -> tuple[str, LifecycleAction]:
-    """A scale-out: a new instance joins the group and pauses on the launch hook."""
-    instance_id = launch_instance(server, seeded.subnet_id, None, ip)
-    server.client("autoscaling").attach_instances(
+def launch_into_group(
+    server: AwsServer, seeded: SeededGroup, ip: str, control: bool = False
+) -> tuple[str, LifecycleAction]:
+    """A scale-out: a new instance joins the group and pauses on the launch hook (`control`: see
+    `AwsServer.client`)."""
+    instance_id = launch_instance(server, seeded.subnet_id, None, ip, control)
+    server.client("autoscaling", control).attach_instances(
         AutoScalingGroupName=seeded.group, InstanceIds=[instance_id]
     )
     seeded.instances[instance_id] = ip

@@ -255,6 +255,16 @@ class StackGateTest(unittest.TestCase):
             groups = through.describe_auto_scaling_groups()["AutoScalingGroups"]
             self.assertEqual([g["AutoScalingGroupName"] for g in groups], [stack.group])
 
+    def test_control_requests_bypass_faults_and_the_log(self):
+        with Stack(nodes=1) as stack:
+            stack.aws.inject("ec2", "throttle", 5)
+            before = stack.aws.count()
+            stack.aws.client("ec2", control=True).describe_instances()
+            new, _ = stack.start_launch(control=True)
+            self.assertIn(new, stack.instance_ids)
+            self.assertEqual(stack.aws.count(), before, "control requests are not the function's")
+            self.assertEqual(sum(f.times for f in stack.aws.pending_faults()), 5)
+
     def test_on_request_fires_once_before_faults(self):
         with Stack(nodes=1) as stack:
             seen = []
