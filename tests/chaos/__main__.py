@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep every run's stack directory (.stack/)")
     p.add_argument("--bootstrap", default=None, help="the function binary (default: BOOTSTRAP or the release build)")
     p.add_argument("-v", "--verbose", action="store_true", help="print each run's step log")
+    p.add_argument(
+        "--reuse-addresses",
+        action="store_true",
+        help="give a terminated instance's address to the next launch at once, as AWS may (off: only once no member refers to it)",
+    )
     args = p.parse_args(argv)
 
     if args.bootstrap:
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
         while True:
             while len(running) < max(1, args.jobs) and can_start():
-                f = pool.submit(run_one, seed + next_run, args.steps, stop_at, args.keep, args.out, args.verbose)
+                f = pool.submit(run_one, seed + next_run, args.steps, stop_at, args.keep, args.out, args.verbose, args.reuse_addresses)
                 running[f] = seed + next_run
                 next_run += 1
             if not running:

@@ -160,6 +160,7 @@ def run_one(
     keep: bool = False,
     out_dir: str | None = None,
     verbose: bool = False,
+    reuse_addresses: bool = False,
 ) -> dict[str, Any]:
     """Runs one seeded chaos run; returns its record (violations, counts, time)."""
     rng = random.Random(seed)
@@ -178,6 +179,7 @@ def run_one(
         "seed": seed,
         "nodes": nodes,
         "learners_on_launch": learners,
+        "reuse_addresses": reuse_addresses,
         "steps": steps,
         "steps_done": 0,
         "cut_short": False,
@@ -190,6 +192,7 @@ def run_one(
     try:
         stack.up()
         world = World(stack, rng, env)
+        world.reuse_addresses = reuse_addresses
         for i in range(1, steps + 1):
             if stop_at is not None and time.time() > stop_at:
                 record["cut_short"] = True

@@ -9,7 +9,9 @@ themselves, modelled here:
 * a launched instance's node starts etcd (`--initial-cluster-state existing`) once its member
   exists: the learner the function added at launch, or, failing that, one its bootstrap script
   adds (as a kubeadm join does) when no other learner is catching up;
-* an address comes back into use once no member refers to it any more.
+* an address comes back into use once no member refers to it any more; with `reuse_addresses`,
+  as soon as its instance is terminated, as AWS does (a member of a dead instance may then share
+  its address with a new instance: see RELIABILITY.md for what that shows).
 
 Ground truth is read straight from the processes (etcd's status on each node's own address, moto's
 models), never from what the function says.
@@ -131,6 +133,7 @@ class World:
         self.rng = rng
         self.env = env
         self.binary = binary  # None: the release build (BOOTSTRAP)
+        self.reuse_addresses = False
         self.gates = {s: stack.aws_gate(s) for s in ("autoscaling", "ec2")}
         self.fns: list[FunctionProcess] = [self.spawn(), self.spawn()]
         self.max_size = len(stack.slot.ips)
@@ -393,7 +396,8 @@ class World:
         }
         for iid in self.order:
             ip = self.ip_of(iid)
-            if iid not in self.recycled and not self.live(iid) and ip not in used and iid not in etcd.nodes:
+            free = self.reuse_addresses or ip not in used
+            if iid not in self.recycled and not self.live(iid) and free and iid not in etcd.nodes:
                 self.recycled.add(iid)
                 self.release_ip(ip)
                 self.stack._spare_ips.append(ip)
@@ -402,6 +406,8 @@ class World:
                 continue
             peer = f"http://{self.ip_of(iid)}:2380"
             mine = [m for m in snap.members.values() if peer in m.peer_urls]
+            if mine and mine[0].name not in ("", iid):
+                continue  # its address is still a dead instance's member's: etcd cannot start
             node = etcd.nodes.get(iid)
             if node is not None:
                 if not node.running() and mine and not mine[0].name == "":
