@@ -7,6 +7,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import signal
 import sys
 import time
 
@@ -64,10 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         os.makedirs(args.out, exist_ok=True)
 
+    def stop(*_):
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()  # each run tears its own stack down
+        raise SystemExit(130)
+
     records: list[dict] = []
     durations: list[float] = []
     next_run = 0
-    with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs))
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    with pool:
         running: dict[concurrent.futures.Future, int] = {}
 
         def can_start() -> bool:

@@ -7,6 +7,8 @@ import json
 import os
 import random
 import shutil
+import signal
+import sys
 import time
 import traceback
 from typing import Any
@@ -163,6 +165,9 @@ def run_one(
     reuse_addresses: bool = False,
 ) -> dict[str, Any]:
     """Runs one seeded chaos run; returns its record (violations, counts, time)."""
+    # A stopped run still tears its stack down (etcd nodes, function processes).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rng = random.Random(seed)
     nodes = rng.choice((3, 3, 5))
     learners = rng.random() < 0.7

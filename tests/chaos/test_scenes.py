@@ -131,5 +131,34 @@ class SweepDuringAnEtcdOutageTest(unittest.TestCase):
             self.assertNotIn(instance, names)
 
 
+
+class AnswerAfterTheDeadlineTest(unittest.TestCase):
+    """The finishing call (CompleteLifecycleAction) gets no answer before the invocation's
+    deadline: Auto Scaling stalls longer than the time left."""
+
+    def setUp(self) -> None:
+        self.stack = Stack(nodes=3)
+        self.stack.up()
+        self.addCleanup(self.stack.down)
+        self.fn = self.stack.spawn()
+        _, action = self.stack.start_launch()
+        self.stack.aws.inject("autoscaling", "stall", 1, action="CompleteLifecycleAction", stall_s=6)
+        ok, self.payload = self.fn.invoke(self.stack.eventbridge(action), timeout_ms=3000)
+        self.assertFalse(ok, f"the completion cannot have succeeded: {self.payload}")
+        self.inv = max(self.fn.api.invocations.values(), key=lambda i: i.queued_at)
+
+    # BUG (src/resilience/mod.rs `Resilience::call`): each attempt is cut at the hard deadline
+    # (`timeout_at(deadline.at, ..)`), so when the finishing call hangs, the function's answer
+    # can only be posted after the deadline. Lambda has ended the invocation by then ("Task timed
+    # out"): the function's own error, which names what failed, is never seen. Cutting the
+    # attempt a little before the deadline leaves time to answer. Remove the decorator once fixed.
+    @unittest.expectedFailure
+    def test_the_answer_still_comes_before_the_deadline(self):
+        late = self.inv.answered_at - self.inv.deadline_ms / 1000
+        self.assertLessEqual(
+            late, 0, f"answered {late * 1000:.1f} ms after the deadline: {self.payload}"
+        )
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -37,6 +37,7 @@ Invariants (a violation names the step, the invariant and what was seen):
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -144,7 +145,7 @@ class World:
         self.inflight: list[Delivery] = []
         self.down: dict[str, str] = {}  # node name -> "stopped" | "paused", by the chaos
         self.order: list[str] = list(stack.instance_ids)  # creation order: seeded choices
-        self.inservice_since: dict[str, int] = {}
+        self.inservice_since: dict[str, float] = {}  # monotonic time it was first seen InService
         self.recycled: set[str] = set()
         self.violations: list[Violation] = []
         self.stats: Counter = Counter()
@@ -385,7 +386,7 @@ class World:
                 self.note(f"node {name} gone with its instance")
         for iid in self.order:
             if iid in states and states[iid] == "InService":
-                self.inservice_since.setdefault(iid, self.step_no)
+                self.inservice_since.setdefault(iid, time.monotonic())
         snap = self.snapshot()
         if snap.members is None:
             return
@@ -410,13 +411,18 @@ class World:
                 continue  # its address is still a dead instance's member's: etcd cannot start
             node = etcd.nodes.get(iid)
             if node is not None:
-                if not node.running() and mine and not mine[0].name == "":
-                    etcd.start_node(iid)  # a node that stopped by itself while still a member
+                if not node.running() and mine:
+                    # Stopped by itself while still a member (or never got going: the membership
+                    # changed between reading it and starting): its machine starts it again, as
+                    # systemd would, from the membership as it is now.
+                    if not os.path.isdir(os.path.join(node.data_dir, "member")):
+                        node.initial_cluster = self.initial_cluster(snap, iid, peer)
+                    etcd.start_node(iid)
                     self.note(f"node {iid} restarted by its machine")
                 continue
             if not mine:
-                waited = self.step_no - self.inservice_since.get(iid, self.step_no)
-                if waited < 2 or any(m.is_learner for m in snap.members.values()) or not snap.quorate:
+                waited = time.monotonic() - self.inservice_since.get(iid, time.monotonic())
+                if waited < 3.0 or any(m.is_learner for m in snap.members.values()) or not snap.quorate:
                     continue
                 try:
                     etcd.add_member(peer, learner=True)
@@ -427,13 +433,17 @@ class World:
                 snap = self.snapshot()
                 if snap.members is None:
                     return
-            initial = ",".join(
-                f"{m.name or (iid if peer in m.peer_urls else f'unstarted-{m.id:x}')}={m.peer_urls[0]}"
-                for m in snap.members.values()
-                if m.peer_urls
-            )
-            etcd.add_node(iid, self.ip_of(iid), initial)
+            etcd.add_node(iid, self.ip_of(iid), self.initial_cluster(snap, iid, peer))
             self.note(f"node {iid} starts etcd and joins")
+
+    @staticmethod
+    def initial_cluster(snap: Snapshot, name: str, peer: str) -> str:
+        """`--initial-cluster` for a node joining as `name`: every current member."""
+        return ",".join(
+            f"{m.name or (name if peer in m.peer_urls else f'unstarted-{m.id:x}')}={m.peer_urls[0]}"
+            for m in (snap.members or {}).values()
+            if m.peer_urls
+        )
 
     # ------------------------------------------------------------------------------------------
     # Invariants checked after each step
