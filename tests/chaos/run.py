@@ -107,9 +107,11 @@ def do(world: World, kind: str) -> None:
         name = candidates[rng.randrange(len(candidates))]
         too_many = rng.random() < 0.10
         kill = rng.random() < 0.5
-        if not too_many and not within_tolerance(world, name):
+        fits = within_tolerance(world, name)
+        if not too_many and not fits:
             world.note(f"etcd {name} left up: one more down would leave no majority")
             return
+        too_many = too_many and not fits
         if kind == "etcd_stop":
             etcd.stop_node(name, kill=kill)
             world.down[name] = "stopped"
@@ -117,6 +119,8 @@ def do(world: World, kind: str) -> None:
             etcd.pause_node(name)
             world.down[name] = "paused"
         world.stats["etcd_faults"] += 1
+        if too_many:
+            world.beyond_tolerance += 1
         world.note(f"etcd {name} {'killed' if kill and kind == 'etcd_stop' else 'stopped' if kind == 'etcd_stop' else 'paused'}{' (beyond tolerance)' if too_many else ''}")
     elif kind == "etcd_heal":
         downed = [n for n in world.order if n in world.down]
