@@ -18,6 +18,14 @@ lifecycle actions and events for them, and tears down only what it started.
 Addresses: slot N owns 127.0.N.11-127.0.N.18 (ports 2379/2380 on each), claimed with a lock file
 under the system temp directory, so parallel test processes pick different slots.
 
+`Stack(etcd_tls=True)` serves etcd's clients over TLS with client certificates (tls.py makes a
+throwaway CA and keys per stack) and gives the function its `ETCD_*_FILE` variables.
+
+Transport faults (see gate.py): `Stack(etcd_gates=True)` puts a `TcpGate` on every etcd member's
+advertised client URL; `stack.aws_gate("autoscaling" | "ec2")` puts one in front of that service,
+and functions spawned afterwards reach the service through it. The AWS fault layer (aws.py) and
+`stack.etcd.stop_node` / `pause_node` cover the rest.
+
 Environment knobs: `BOOTSTRAP` (path of the binary; default `target/release/etcd-lifecycle-hook`,
 under `CARGO_TARGET_DIR` when set), `STACK_KEEP=1` keeps the work directory (logs, etcd data) under
 `.stack/` after teardown.
@@ -51,6 +59,7 @@ from .aws import (
     seed_group,
 )
 from .etcd import EtcdCluster
+from .gate import TcpGate
 from .runtime_api import FunctionDied, InvocationTimeout, RuntimeApi
 
 __all__ = [
@@ -58,6 +67,7 @@ __all__ = [
     "FunctionProcess",
     "AddressSlot",
     "DeadEndpoint",
+    "TcpGate",
     "bootstrap_path",
     "events",
     "LAUNCHING",
@@ -68,6 +78,8 @@ __all__ = [
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FUNCTION_NAME = "etcd-lifecycle-hook"
+# The SDK's service-specific endpoint variables (service ID, upper case, spaces as underscores).
+AWS_ENDPOINT_VARIABLES = {"autoscaling": "AWS_ENDPOINT_URL_AUTO_SCALING", "ec2": "AWS_ENDPOINT_URL_EC2"}
 IPS_PER_SLOT = 8
 
 
@@ -308,8 +320,16 @@ class Stack:
         heartbeat_timeout: int = 300,
         workdir: str | None = None,
         keep: bool | None = None,
+        etcd_gates: bool = False,
+        etcd_tls: bool = False,
+        etcd_args: list[str] | None = None,
     ):
         self.nodes = nodes
+        self.etcd_gates = etcd_gates
+        self.etcd_tls = etcd_tls
+        self.etcd_args = list(etcd_args or [])  # extra flags for every etcd node
+        self.tls = None  # tls.TlsFiles when etcd_tls
+        self._aws_gates: dict[str, TcpGate] = {}
         self.group = group
         self.heartbeat_timeout = heartbeat_timeout
         self.keep = keep if keep is not None else os.environ.get("STACK_KEEP") == "1"
@@ -341,7 +361,19 @@ class Stack:
                 heartbeat_timeout=self.heartbeat_timeout,
             )
             names = list(self.seeded.instances)
-            self.etcd = EtcdCluster(names, ips, root=os.path.join(self.workdir, "etcd"))
+            if self.etcd_tls:
+                from .tls import make_tls
+
+                self.tls = make_tls(os.path.join(self.workdir, "tls"), self.slot.ips)
+            self.etcd = EtcdCluster(
+                names,
+                ips,
+                root=os.path.join(self.workdir, "etcd"),
+                gated=self.etcd_gates,
+                tls=self.tls,
+            )
+            for node in self.etcd.nodes.values():
+                node.extra_args = list(self.etcd_args)
             self.etcd.start()
         except BaseException:
             self.down()
@@ -358,6 +390,9 @@ class Stack:
         for dead in self._dead:
             dead.close()
         self._dead.clear()
+        for gate in self._aws_gates.values():
+            gate.close()
+        self._aws_gates.clear()
         if self.etcd is not None:
             self.etcd.stop()
         if self.aws is not None:
@@ -403,6 +438,15 @@ class Stack:
             "RETRY_MAX_DELAY_MS": "200",
             "RUST_BACKTRACE": "1",
         }
+        if self.tls is not None:
+            env.update(
+                ETCD_CLIENT_SCHEME="https",
+                ETCD_CA_FILE=self.tls.ca_cert,
+                ETCD_CERT_FILE=self.tls.client_cert,
+                ETCD_KEY_FILE=self.tls.client_key,
+            )
+        for service, gate in self._aws_gates.items():
+            env[AWS_ENDPOINT_VARIABLES[service]] = gate.url
         env.update({k: str(v) for k, v in overrides.items()})
         return {k: v for k, v in env.items() if v is not None}
 
@@ -444,12 +488,13 @@ class Stack:
         assert self.aws is not None
         return self.aws.start_lifecycle_action(self.group, instance_id, TERMINATING)
 
-    def start_launch(self) -> tuple[str, LifecycleAction]:
-        """Scale-out: a new instance on the next spare address pauses in `Pending:Wait`."""
+    def start_launch(self, control: bool = False) -> tuple[str, LifecycleAction]:
+        """Scale-out: a new instance on the next spare address pauses in `Pending:Wait`
+        (`control`: the harness's requests bypass the fault layer, see `AwsServer.client`)."""
         assert self.aws is not None and self.seeded is not None
         if not self._spare_ips:
             raise RuntimeError("no spare address left in this slot")
-        return launch_into_group(self.aws, self.seeded, self._spare_ips.pop(0))
+        return launch_into_group(self.aws, self.seeded, self._spare_ips.pop(0), control)
 
     def account(self) -> str:
         assert self.aws is not None
@@ -471,6 +516,16 @@ class Stack:
         dead = DeadEndpoint()
         self._dead.append(dead)
         return dead
+
+    def aws_gate(self, service: str) -> TcpGate:
+        """A gate in front of `service` ("autoscaling" or "ec2"); functions spawned from now on
+        reach that service through it (`AWS_ENDPOINT_URL_AUTO_SCALING` / `_EC2`)."""
+        assert self.aws is not None
+        if service not in AWS_ENDPOINT_VARIABLES:
+            raise ValueError(f"no endpoint variable for {service!r}")
+        if service not in self._aws_gates:
+            self._aws_gates[service] = TcpGate((self.aws.host, self.aws.port))
+        return self._aws_gates[service]
 
     @staticmethod
     def closed_port_url() -> str:

@@ -404,9 +404,18 @@ class FaultLayer:
         self.registry = registry
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
+        self._watchers: list[tuple[str, str | None, Callable[[dict[str, Any]], None]]] = []
         self.requests: list[dict[str, Any]] = []
 
     # -- Python control API ----------------------------------------------------------------------
+    def on_request(
+        self, service: str, action: str | None, callback: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """Calls `callback(entry)` once, when the next matching request arrives (before any fault
+        is applied to it): a test can start a fault at an exact point of the function's flow."""
+        with self._lock:
+            self._watchers.append((service, action, callback))
+
     def inject(self, fault: Fault) -> None:
         with self._lock:
             self._faults.append(fault)
@@ -441,6 +450,9 @@ class FaultLayer:
 
         if path.startswith("/_stack/"):
             return self._control(environ, body, start_response)
+        if environ.get("HTTP_X_STACK_CONTROL") == "1":  # the harness, not the function
+            environ["HTTP_X_MOTO_ACCOUNT_ID"] = self.account_id
+            return self.app(environ, start_response)
 
         service = service_of(environ)
         form = parse_qs(body.decode("utf-8", "replace")) if body else {}
@@ -449,8 +461,14 @@ class FaultLayer:
         for key in ("InstanceId", "LifecycleActionToken", "LifecycleActionResult"):
             if key in form:
                 entry[key] = form[key][0]
+        if environ.get("HTTP_X_AMZ_SECURITY_TOKEN"):
+            entry["session_token"] = environ["HTTP_X_AMZ_SECURITY_TOKEN"]
         with self._lock:
             self.requests.append(entry)
+            due = [w for w in self._watchers if w[0] == service and w[1] in (None, action)]
+            self._watchers = [w for w in self._watchers if w not in due]
+        for _, _, callback in due:
+            callback(entry)
 
         fault = self._take_fault(service, action)
         if fault is not None:
@@ -598,11 +616,14 @@ class AwsServer:
         self.stop()
 
     # -- boto3 clients for seeding and assertions ---------------------------------------------------
-    def client(self, service: str):
+    def client(self, service: str, control: bool = False):
+        """A boto3 client. With `control`, its requests carry `x-stack-control: 1`: the fault
+        layer neither faults nor records them (a harness that changes the world while faults are
+        armed for the function, e.g. a chaos run launching an instance)."""
         import boto3
         from botocore.config import Config
 
-        return boto3.client(
+        client = boto3.client(
             service,
             region_name=self.region,
             endpoint_url=self.endpoint,
@@ -610,6 +631,13 @@ class AwsServer:
             aws_secret_access_key="test",
             config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
         )
+        if control:
+
+            def mark(request, **_):
+                request.headers["x-stack-control"] = "1"
+
+            client.meta.events.register("before-sign.*.*", mark)
+        return client
 
     # -- control (Python side) ------------------------------------------------------------------------
     def start_lifecycle_action(
@@ -643,6 +671,13 @@ class AwsServer:
     def clear_faults(self) -> None:
         assert self.layer is not None
         self.layer.clear_faults()
+
+    def on_request(
+        self, service: str, action: str | None, callback: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """See `FaultLayer.on_request`."""
+        assert self.layer is not None, "start() the server first"
+        self.layer.on_request(service, action, callback)
 
     def pending_faults(self) -> list[Fault]:
         assert self.layer is not None
@@ -767,8 +802,10 @@ def seed_group(
     )
 
 
-def launch_instance(server: AwsServer, subnet_id: str, image_id: str | None, ip: str) -> str:
-    r = server.client("ec2").run_instances(
+def launch_instance(
+    server: AwsServer, subnet_id: str, image_id: str | None, ip: str, control: bool = False
+) -> str:
+    r = server.client("ec2", control).run_instances(
         ImageId=image_id or IMAGE_ID,
         MinCount=1,
         MaxCount=1,
@@ -779,10 +816,13 @@ def launch_instance(server: AwsServer, subnet_id: str, image_id: str | None, ip:
     return r["Instances"][0]["InstanceId"]
 
 
-def launch_into_group(server: AwsServer, seeded: SeededGroup, ip: str) -> tuple[str, LifecycleAction]:
-    """A scale-out: a new instance joins the group and pauses on the launch hook."""
-    instance_id = launch_instance(server, seeded.subnet_id, None, ip)
-    server.client("autoscaling").attach_instances(
+def launch_into_group(
+    server: AwsServer, seeded: SeededGroup, ip: str, control: bool = False
+) -> tuple[str, LifecycleAction]:
+    """A scale-out: a new instance joins the group and pauses on the launch hook (`control`: see
+    `AwsServer.client`)."""
+    instance_id = launch_instance(server, seeded.subnet_id, None, ip, control)
+    server.client("autoscaling", control).attach_instances(
         AutoScalingGroupName=seeded.group, InstanceIds=[instance_id]
     )
     seeded.instances[instance_id] = ip

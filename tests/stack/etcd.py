@@ -17,6 +17,22 @@ changes (etcd refuses them until its peers have been connected for about five se
 
 Everything talks plain JSON to the v3 HTTP gateway, so no gRPC library is needed. Only processes
 this module started are ever signalled.
+
+Faults for resilience tests (all opt-in; a cluster without them behaves exactly as before):
+
+* `stop_node` / `start_node`: a node down (its address refuses connections) and back;
+* `pause_node` / `resume_node`: SIGSTOP / SIGCONT, a hung node: connections are accepted by the
+  kernel but nothing answers (timeouts, not refusals); the others elect a new leader if it led;
+* `gated=True`: each node listens for clients on port 2381 and advertises port 2379, where a
+  `TcpGate` (gate.py) forwards to it. Everything the function does goes through the gates (it only
+  knows advertised URLs), so they can refuse, reset, stall, delay or answer gRPC errors
+  (`Unavailable`, `ResourceExhausted`), while this module's own checks go straight to the node;
+* `add_node`: a new member joining an existing cluster (a node's bootstrap script), for the
+  seeded chaos runs that grow the cluster again after scale-in.
+
+`tls=` (a `tls.TlsFiles`) serves clients over HTTPS and requires client certificates
+(`--client-cert-auth`); peers keep plain HTTP. This module's checks then present the client
+certificate too.
 """
 
 from __future__ import annotations
@@ -36,6 +52,8 @@ from typing import Any
 ETCD = os.environ.get("ETCD_BIN", "/usr/bin/etcd")
 CLIENT_PORT = 2379
 PEER_PORT = 2380
+# Where a gated node really listens for clients (its advertised port 2379 is the gate's).
+GATED_CLIENT_PORT = 2381
 
 
 class EtcdError(RuntimeError):
@@ -47,14 +65,17 @@ class EtcdError(RuntimeError):
         self.body = body
 
 
-def gateway(url: str, path: str, body: dict | None = None, timeout: float = 2.0) -> dict:
-    """POSTs JSON to etcd's v3 HTTP gateway at `url` (a client URL) and returns the answer."""
+def gateway(
+    url: str, path: str, body: dict | None = None, timeout: float = 2.0, context: Any = None
+) -> dict:
+    """POSTs JSON to etcd's v3 HTTP gateway at `url` (a client URL) and returns the answer
+    (`context`: an `ssl.SSLContext` for an HTTPS URL)."""
     data = json.dumps(body or {}).encode()
     req = urllib.request.Request(
         url.rstrip("/") + path, data=data, headers={"Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             return json.loads(r.read() or b"{}")
     except urllib.error.HTTPError as e:
         raw = e.read()
@@ -95,25 +116,56 @@ class Node:
     log_path: str
     proc: subprocess.Popen | None = None
     extra_args: list[str] = field(default_factory=list)
+    gate: Any = None  # a gate.TcpGate on the advertised client URL, when the cluster is gated
+    paused: bool = False
+    # A joining node's `--initial-cluster` (the membership it joins); None: the cluster's own.
+    initial_cluster: str | None = None
+    scheme: str = "http"  # of the client URLs ("https" in a TLS cluster)
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.ip}:{CLIENT_PORT}"
+        """Where the node itself listens for clients: this module's checks use it."""
+        port = GATED_CLIENT_PORT if self.gate is not None else CLIENT_PORT
+        return f"{self.scheme}://{self.ip}:{port}"
+
+    @property
+    def advertised_url(self) -> str:
+        """The client URL the node advertises (the gate's, when gated): what the function uses."""
+        return f"{self.scheme}://{self.ip}:{CLIENT_PORT}"
 
     @property
     def peer_url(self) -> str:
         return f"http://{self.ip}:{PEER_PORT}"
 
     def running(self) -> bool:
+        """The process is alive (it may be paused)."""
         return self.proc is not None and self.proc.poll() is None
+
+    def answering(self) -> bool:
+        """Alive and not paused: it can answer."""
+        return self.running() and not self.paused
 
 
 class EtcdCluster:
     """N etcd nodes named `names`, node i listening on `ips[i]`:2379 (client) and :2380 (peer)."""
 
-    def __init__(self, names: list[str], ips: list[str], root: str | None = None):
+    def __init__(
+        self,
+        names: list[str],
+        ips: list[str],
+        root: str | None = None,
+        gated: bool = False,
+        tls: Any = None,
+    ):
         if len(names) != len(ips) or not names:
             raise ValueError("give one IP per member name")
+        self.gated = gated
+        self.tls = tls
+        self.ssl_context = None
+        if tls is not None:
+            from .tls import client_ssl_context
+
+            self.ssl_context = client_ssl_context(tls)
         self._own_root = root is None
         self.root = root or tempfile.mkdtemp(prefix="etcd-e2e-")
         os.makedirs(self.root, exist_ok=True)
@@ -125,11 +177,21 @@ class EtcdCluster:
                 ip=ip,
                 data_dir=os.path.join(self.root, name),
                 log_path=os.path.join(self.root, f"{name}.log"),
+                scheme="https" if tls is not None else "http",
             )
+            if gated:
+                self._gate(self.nodes[name])
+
+    def _gate(self, node: Node) -> None:
+        from .gate import TcpGate
+
+        node.gate = TcpGate((node.ip, GATED_CLIENT_PORT), host=node.ip, port=CLIENT_PORT)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def _initial_cluster(self) -> str:
-        return ",".join(f"{n.name}={n.peer_url}" for n in self.nodes.values())
+        return ",".join(
+            f"{n.name}={n.peer_url}" for n in self.nodes.values() if n.initial_cluster is None
+        )
 
     def _spawn(self, node: Node, state: str) -> None:
         args = [
@@ -137,16 +199,17 @@ class EtcdCluster:
             "--name", node.name,
             "--data-dir", node.data_dir,
             "--listen-client-urls", node.client_url,
-            "--advertise-client-urls", node.client_url,
+            "--advertise-client-urls", node.advertised_url,
             "--listen-peer-urls", node.peer_url,
             "--initial-advertise-peer-urls", node.peer_url,
-            "--initial-cluster", self._initial_cluster(),
+            "--initial-cluster", node.initial_cluster or self._initial_cluster(),
             "--initial-cluster-state", state,
             "--initial-cluster-token", self.token,
             "--heartbeat-interval", "50",
             "--election-timeout", "500",
             "--logger", "zap",
             "--log-outputs", "stderr",
+            *self._tls_args(),
             *node.extra_args,
         ]  # fmt: skip
         log = open(node.log_path, "ab")
@@ -156,6 +219,19 @@ class EtcdCluster:
             )
         finally:
             log.close()
+
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            "--cert-file", self.tls.server_cert,
+            "--key-file", self.tls.server_key,
+            "--trusted-ca-file", self.tls.ca_cert,
+            "--client-cert-auth",
+        ]  # fmt: skip
+
+    def _gateway(self, url: str, path: str, body: dict | None = None, timeout: float = 2.0) -> dict:
+        return gateway(url, path, body, timeout=timeout, context=self.ssl_context)
 
     def start(self, timeout: float = 60.0) -> "EtcdCluster":
         """Starts every node and waits until the cluster accepts membership changes."""
@@ -173,18 +249,69 @@ class EtcdCluster:
         node = self.nodes[name]
         if node.running():
             node.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            if node.paused:  # a stopped process acts on SIGTERM only once continued
+                node.proc.send_signal(signal.SIGCONT)
             try:
                 node.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 node.proc.kill()
                 node.proc.wait(5)
+        node.paused = False
 
     def start_node(self, name: str) -> None:
         """Restarts a stopped node from its data directory (it rejoins as the member it was)."""
         node = self.nodes[name]
         if node.running():
             return
+        node.paused = False
         self._spawn(node, "existing")
+
+    def pause_node(self, name: str) -> None:
+        """SIGSTOPs a node: it hangs (connections accepted by the kernel, never answered)."""
+        node = self.nodes[name]
+        if node.running() and not node.paused:
+            node.proc.send_signal(signal.SIGSTOP)
+            node.paused = True
+
+    def resume_node(self, name: str) -> None:
+        """SIGCONTs a paused node."""
+        node = self.nodes[name]
+        if node.running() and node.paused:
+            node.proc.send_signal(signal.SIGCONT)
+        node.paused = False
+
+    def add_node(self, name: str, ip: str, initial_cluster: str) -> Node:
+        """Starts a new node that joins the running cluster as the member already added for its
+        peer URL (`initial_cluster` must list every current member, as `name=peerURL` pairs)."""
+        if name in self.nodes:
+            raise ValueError(f"node {name} exists")
+        node = Node(
+            name=name,
+            ip=ip,
+            data_dir=os.path.join(self.root, name),
+            log_path=os.path.join(self.root, f"{name}.log"),
+            initial_cluster=initial_cluster,
+            scheme="https" if self.tls is not None else "http",
+        )
+        if self.gated:
+            self._gate(node)
+        self.nodes[name] = node
+        self._spawn(node, "existing")
+        return node
+
+    def forget_node(self, name: str) -> None:
+        """Kills a node (if alive), closes its gate and drops it with its data: the machine is
+        gone. Its address may then be used by a new node."""
+        node = self.nodes.pop(name)
+        if node.running():
+            node.proc.kill()
+            node.proc.wait(10)
+        if node.gate is not None:
+            node.gate.close()
+        shutil.rmtree(node.data_dir, ignore_errors=True)
+
+    def gates(self) -> list[Any]:
+        return [n.gate for n in self.nodes.values() if n.gate is not None]
 
     def stop(self) -> None:
         """Kills every node this cluster started and removes its data (teardown: a graceful stop
@@ -192,6 +319,7 @@ class EtcdCluster:
         for node in self.nodes.values():
             if node.proc is not None and node.proc.poll() is None:
                 node.proc.kill()
+            node.paused = False
         for node in self.nodes.values():
             if node.proc is not None:
                 try:
@@ -199,6 +327,8 @@ class EtcdCluster:
                 except subprocess.TimeoutExpired:
                     node.proc.kill()
                     node.proc.wait(5)
+            if node.gate is not None:
+                node.gate.close()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -210,10 +340,12 @@ class EtcdCluster:
 
     # -- reading the cluster ------------------------------------------------------------------------
     def running_nodes(self) -> list[Node]:
-        return [n for n in self.nodes.values() if n.running()]
+        """Nodes that can answer: alive and not paused."""
+        return [n for n in self.nodes.values() if n.answering()]
 
     def endpoints(self) -> list[str]:
-        return [n.client_url for n in self.nodes.values()]
+        """The client URLs the nodes advertise (through their gates when gated)."""
+        return [n.advertised_url for n in self.nodes.values()]
 
     def _ask(self, path: str, body: dict | None = None, prefer: str | None = None) -> dict:
         """Asks running nodes in turn (`prefer` first) until one answers."""
@@ -223,7 +355,7 @@ class EtcdCluster:
         errors = []
         for node in nodes:
             try:
-                return gateway(node.client_url, path, body)
+                return self._gateway(node.client_url, path, body)
             except EtcdError as e:
                 errors.append(str(e))
         raise EtcdError("no etcd node answered: " + "; ".join(errors or ["none is running"]))
@@ -238,7 +370,7 @@ class EtcdCluster:
         return sorted(m.name for m in self.members())
 
     def status(self, name: str) -> dict:
-        return gateway(self.nodes[name].client_url, "/v3/maintenance/status")
+        return self._gateway(self.nodes[name].client_url, "/v3/maintenance/status")
 
     def leader(self) -> str | None:
         """The name of the running node that is the leader by its own status, or None."""

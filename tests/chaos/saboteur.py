@@ -1,0 +1,116 @@
+"""A deliberately wrong lifecycle-hook function, to prove the chaos invariants catch what they claim
+to catch (tests/chaos/test_checker.py). Never a model of the real one.
+
+Speaks the Lambda Runtime API like the real bootstrap; standard library plus boto3 (in the venv).
+`SABOTEUR_MODE`:
+
+* `silent`: answers success and does nothing;
+* `reckless`: removes the instance's member without any quorum check, then completes;
+* `wrong-member`: removes some other member than the instance's, then completes.
+
+Run through `wrapper(path)`, which writes an executable that starts this file with the venv's
+interpreter (the function process is spawned as a plain executable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import urllib.request
+
+
+def wrapper(directory: str) -> str:
+    """An executable in `directory` that runs this module with this interpreter."""
+    path = os.path.join(directory, "saboteur")
+    with open(path, "w") as f:
+        f.write(f"#!{sys.executable}\nimport runpy\nrunpy.run_path({__file__!r}, run_name='__main__')\n")
+    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def lifecycle_details(event):
+    """The lifecycle notifications in any delivery shape (no validation: a saboteur)."""
+    if isinstance(event, dict) and isinstance(event.get("detail"), dict):
+        return [event["detail"]] if "EC2InstanceId" in event["detail"] else []
+    out = []
+    for record in (event or {}).get("Records", []) if isinstance(event, dict) else []:
+        text = record.get("Sns", {}).get("Message") or record.get("body") or "{}"
+        try:
+            body = json.loads(text)
+        except ValueError:
+            continue
+        if "Message" in body and "Type" in body:
+            try:
+                body = json.loads(body["Message"])
+            except ValueError:
+                continue
+        if "EC2InstanceId" in body:
+            out.append(body)
+    return out
+
+
+def gateway(url, path, body=None):
+    req = urllib.request.Request(
+        url + path, data=json.dumps(body or {}).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=3) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def members():
+    for url in os.environ["ETCD_ENDPOINTS"].split(","):
+        try:
+            return url, gateway(url, "/v3/cluster/member/list").get("members", [])
+        except OSError:
+            continue
+    return None, []
+
+
+def handle(detail, mode):
+    if mode == "silent":
+        return
+    url, ms = members()
+    instance = detail["EC2InstanceId"]
+    if mode == "reckless":
+        victims = [m for m in ms if m.get("name") == instance]
+    else:
+        victims = [m for m in ms if m.get("name") and m.get("name") != instance][:1]
+    for m in victims:
+        for candidate in [url] + os.environ["ETCD_ENDPOINTS"].split(","):
+            try:
+                gateway(candidate, "/v3/cluster/member/remove", {"ID": m["ID"]})
+                break
+            except OSError:
+                continue
+    import boto3
+
+    boto3.client("autoscaling").complete_lifecycle_action(
+        AutoScalingGroupName=detail["AutoScalingGroupName"],
+        LifecycleHookName=detail["LifecycleHookName"],
+        LifecycleActionToken=detail["LifecycleActionToken"],
+        LifecycleActionResult="CONTINUE",
+    )
+
+
+def main():
+    base = f"http://{os.environ['AWS_LAMBDA_RUNTIME_API']}/2018-06-01/runtime"
+    mode = os.environ.get("SABOTEUR_MODE", "silent")
+    while True:
+        with urllib.request.urlopen(base + "/invocation/next") as r:
+            request_id = r.headers["Lambda-Runtime-Aws-Request-Id"]
+            event = json.loads(r.read() or b"null")
+        for detail in lifecycle_details(event):
+            try:
+                handle(detail, mode)
+            except Exception as e:  # a saboteur keeps going
+                print(json.dumps({"level": "ERROR", "message": repr(e)}), flush=True)
+        answer = json.dumps({"results": [], "batchItemFailures": []}).encode()
+        urllib.request.urlopen(
+            urllib.request.Request(base + f"/invocation/{request_id}/response", data=answer)
+        ).read()
+
+
+if __name__ == "__main__":
+    main()

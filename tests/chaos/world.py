@@ -1,0 +1,567 @@
+"""The world a chaos run plays in, the ways it can change, and the invariants checked after each step.
+
+The world is a `tests.stack.Stack` (moto's Auto Scaling/EC2 with lifecycle actions, a real etcd
+cluster, the release binary under the Runtime API emulator) plus what AWS and the machines do by
+themselves, modelled here:
+
+* a completed terminate terminates the instance, and its etcd node dies with the machine;
+* an instance may die outside the hooks (EC2 API, hardware): no hook runs, its node is gone;
+* a launched instance's node starts etcd (`--initial-cluster-state existing`) once its member
+  exists: the learner the function added at launch, or, failing that, one its bootstrap script
+  adds (as a kubeadm join does) when no other learner is catching up;
+* an address comes back into use once no member refers to it any more; with `reuse_addresses`,
+  as soon as its instance is terminated, as AWS does (a member of a dead instance may then share
+  its address with a new instance: see RELIABILITY.md for what that shows).
+
+Ground truth is read straight from the processes (etcd's status on each node's own address, moto's
+models), never from what the function says.
+
+Invariants (a violation names the step, the invariant and what was seen):
+
+* quorum: after every step, a majority of the voting members answer, unless the chaos itself has
+  stopped or paused so many voters that no majority is up; and a step that only delivers events
+  (the function's work) never takes a cluster that had quorum to one without;
+* no wrong removal: a member that disappears in a step belongs to an instance that is terminating,
+  terminated, or no longer in the group;
+* no silent success: an invocation (or SQS record) answered as success leaves its lifecycle action
+  completed; a sweep answered as success leaves no action it could see waiting;
+* not lost: no lifecycle action goes longer than the hooks' heartbeat timeout (scaled down to
+  `HEARTBEAT_TIMEOUT_S`) without a heartbeat or completion; a sweep runs whenever an action has
+  waited `SWEEP_EVERY_S`, as the schedule would (PRODUCT.md: more often than the timeout);
+* in time: every invocation is answered before its deadline, and (for deliveries that ran alone)
+  its completions and heartbeats are recorded before it;
+* no crash, no hang: the function never dies and always answers;
+* finished: once the faults clear, the sweep completes every action and removes every member of
+  every terminated instance, and every voting member is healthy.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.stack import FunctionDied, FunctionProcess, InvocationTimeout, Stack, events
+from tests.stack.aws import LAUNCHING, TERMINATING, LifecycleAction
+from tests.stack.etcd import EtcdError, Member, gateway
+
+HEARTBEAT_TIMEOUT_S = 60.0
+SWEEP_EVERY_S = 15.0
+SHAPES = ("eventbridge", "sns", "sqs", "sns_in_sqs", "sqs_with_test_notification")
+SHAPE_WEIGHTS = (40, 20, 20, 15, 5)
+AUTOSCALING_ACTIONS = (
+    None,
+    "CompleteLifecycleAction",
+    "RecordLifecycleActionHeartbeat",
+    "DescribeAutoScalingGroups",
+    "DescribeLifecycleHooks",
+)
+
+
+@dataclass
+class Violation:
+    step: int
+    invariant: str
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "invariant": self.invariant, "detail": self.detail}
+
+
+@dataclass
+class Tracked:
+    """A lifecycle action the chaos started."""
+
+    action: LifecycleAction
+    deliveries: int = 0
+    lost_reported: bool = False
+
+
+@dataclass
+class Delivery:
+    token: str | None  # None: the scheduled sweep
+    shape: str = "eventbridge"
+
+
+@dataclass
+class Answer:
+    delivery: Delivery
+    ok: bool
+    payload: Any
+    started: float
+    answered_at: float | None
+    deadline: float
+    error: str | None = None  # the function died or never answered
+
+
+@dataclass
+class Snapshot:
+    """Ground truth at one moment."""
+
+    members: dict[int, Member] | None  # None: no etcd node answered
+    healthy: set[int] = field(default_factory=set)
+
+    @property
+    def voters(self) -> list[Member]:
+        return [m for m in (self.members or {}).values() if not m.is_learner]
+
+    @property
+    def quorate(self) -> bool:
+        voters = self.voters
+        if not voters:
+            return False
+        return sum(1 for m in voters if m.id in self.healthy) >= len(voters) // 2 + 1
+
+    def describe(self) -> str:
+        if self.members is None:
+            return "no etcd node answered"
+        parts = []
+        for m in sorted(self.members.values(), key=lambda m: m.name):
+            tag = "learner" if m.is_learner else "voter"
+            parts.append(f"{m.name or '(unstarted)'}:{tag}:{'up' if m.id in self.healthy else 'DOWN'}")
+        return ", ".join(parts)
+
+
+class World:
+    def __init__(
+        self, stack: Stack, rng: random.Random, env: dict[str, str], binary: str | None = None
+    ):
+        self.stack = stack
+        self.rng = rng
+        self.env = env
+        self.binary = binary  # None: the release build (BOOTSTRAP)
+        self.reuse_addresses = False
+        self.beyond_tolerance = 0  # etcd faults the chaos made past what quorum survives
+        self.gates = {s: stack.aws_gate(s) for s in ("autoscaling", "ec2")}
+        self.fns: list[FunctionProcess] = [self.spawn(), self.spawn()]
+        self.max_size = len(stack.slot.ips)
+        stack.aws.client("autoscaling", control=True).update_auto_scaling_group(
+            AutoScalingGroupName=stack.group, MaxSize=self.max_size
+        )
+        self.tracked: dict[str, Tracked] = {}
+        self.inflight: list[Delivery] = []
+        self.down: dict[str, str] = {}  # node name -> "stopped" | "paused", by the chaos
+        self.order: list[str] = list(stack.instance_ids)  # creation order: seeded choices
+        self.inservice_since: dict[str, float] = {}  # monotonic time it was first seen InService
+        self.recycled: set[str] = set()
+        self.violations: list[Violation] = []
+        self.stats: Counter = Counter()
+        self.step_no = 0
+        self.log: list[str] = []
+        self.last_sweep = time.monotonic()
+        self.hook_timeout_s = HEARTBEAT_TIMEOUT_S
+
+    # ------------------------------------------------------------------------------------------
+    # Reading the world
+    # ------------------------------------------------------------------------------------------
+    def _models(self):
+        registry = self.stack.aws.registry
+        return registry, *registry._backends()
+
+    def lifecycle_states(self) -> dict[str, str]:
+        """Instance ID -> lifecycle state, for the instances in the group."""
+        registry, asg, _ = self._models()
+        with registry._lock:
+            group = asg.autoscaling_groups[self.stack.group]
+            return {s.instance.id: s.lifecycle_state for s in group.instance_states}
+
+    def ec2_state(self, instance_id: str) -> str:
+        _, _, ec2 = self._models()
+        return ec2.get_instance(instance_id).state
+
+    def live(self, instance_id: str) -> bool:
+        return self.ec2_state(instance_id) in ("pending", "running")
+
+    def active_tokens(self) -> set[str]:
+        return {a.token for a in self.stack.aws.active_actions()}
+
+    def release_ip(self, ip: str) -> None:
+        """AWS frees a terminated instance's private address; moto keeps it: free it there."""
+        registry, _, ec2 = self._models()
+        with registry._lock:
+            ec2.get_subnet(self.stack.seeded.subnet_id).del_subnet_ip(ip)
+
+    def ip_of(self, instance_id: str) -> str:
+        return self.stack.seeded.instances[instance_id]
+
+    def instance_of(self, member: Member) -> str | None:
+        """The instance a member belongs to: by name, else by the address in its peer URL."""
+        if member.name in self.stack.seeded.instances:
+            return member.name
+        for url in member.peer_urls:
+            host = url.split("://", 1)[-1].rsplit(":", 1)[0]
+            for iid, ip in self.stack.seeded.instances.items():
+                if ip == host and iid not in self.recycled:
+                    return iid
+        return None
+
+    def snapshot(self) -> Snapshot:
+        etcd = self.stack.etcd
+        try:
+            members = {m.id: m for m in etcd.members()}
+        except EtcdError:
+            return Snapshot(None)
+        snap = Snapshot(members)
+        for m in members.values():
+            node = etcd.nodes.get(m.name)
+            if node is None or not node.answering():
+                continue
+            try:
+                status = gateway(node.client_url, "/v3/maintenance/status", timeout=1.0)
+            except EtcdError:
+                continue
+            if int(status["header"]["member_id"]) == m.id:
+                snap.healthy.add(m.id)
+        return snap
+
+    def spawn(self) -> FunctionProcess:
+        """A new execution environment (a cold start: its breakers start closed)."""
+        return self.stack.spawn(self.binary, **self.env)
+
+    def wait_answering(self, name: str, timeout: float = 15.0) -> None:
+        node = self.stack.etcd.nodes.get(name)
+        end = time.monotonic() + timeout
+        while node is not None and node.answering() and time.monotonic() < end:
+            try:
+                gateway(node.client_url, "/v3/maintenance/status", timeout=1.0)
+                return
+            except EtcdError:
+                time.sleep(0.1)
+
+    # ------------------------------------------------------------------------------------------
+    # Recording
+    # ------------------------------------------------------------------------------------------
+    def violate(self, invariant: str, detail: str) -> None:
+        self.violations.append(Violation(self.step_no, invariant, detail))
+        self.note(f"VIOLATION {invariant}: {detail}")
+
+    def note(self, text: str) -> None:
+        self.log.append(f"[{self.step_no}] {text}")
+
+    # ------------------------------------------------------------------------------------------
+    # Deliveries (the function's work)
+    # ------------------------------------------------------------------------------------------
+    def shape(self) -> str:
+        return self.rng.choices(SHAPES, SHAPE_WEIGHTS)[0]
+
+    def event(self, d: Delivery) -> Any:
+        if d.token is None:
+            return self.stack.scheduled()
+        action = self.tracked[d.token].action
+        note = self.stack.notification(action)
+        if d.shape == "eventbridge":
+            return self.stack.eventbridge(action)
+        if d.shape == "sns":
+            return events.sns(note)
+        if d.shape == "sqs":
+            return events.sqs(note)
+        if d.shape == "sns_in_sqs":
+            return events.sqs(events.sns_in_sqs(note))
+        return events.sqs(note, events.test_notification(self.stack.group, self.stack.account()))
+
+    def timeout_ms(self) -> int:
+        return self.rng.choice((20_000,) * 6 + (3_500, 5_000, 8_000))
+
+    def invoke(self, d: Delivery, fn_index: int, timeout_ms: int) -> Answer:
+        fn = self.fns[fn_index]
+        event = self.event(d)
+        started = time.time()
+        try:
+            ok, payload = fn.invoke(event, timeout_ms=timeout_ms)
+        except (FunctionDied, InvocationTimeout) as e:
+            self.fns[fn_index] = self.spawn()
+            return Answer(d, False, None, started, None, started + timeout_ms / 1000, str(e)[:2000])
+        inv = max(fn.api.invocations.values(), key=lambda i: i.queued_at)
+        return Answer(d, ok, payload, started, inv.answered_at, inv.deadline_ms / 1000)
+
+    def deliver(self, deliveries: list[Delivery], concurrent: bool = False) -> list[Answer]:
+        """Delivers each (on both execution environments at once when `concurrent`), then
+        checks the answers."""
+        timeout_ms = self.timeout_ms()
+        active_before = self.active_tokens()
+        if concurrent and len(deliveries) > 1:
+            answers: list[Answer | None] = [None] * len(deliveries)
+
+            def run(i: int) -> None:
+                answers[i] = self.invoke(deliveries[i], i % len(self.fns), timeout_ms)
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(len(deliveries))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            done = [a for a in answers if a is not None]
+        else:
+            done = [self.invoke(d, self.rng.randrange(len(self.fns)), timeout_ms) for d in deliveries]
+        for answer in done:
+            self.check_answer(answer, active_before, alone=not concurrent or len(deliveries) == 1)
+        return done
+
+    def check_answer(self, a: Answer, active_before: set[str], alone: bool) -> None:
+        d = a.delivery
+        what = "sweep" if d.token is None else f"{d.shape} for {self.describe_token(d.token)}"
+        self.stats["invocations"] += 1
+        if a.error is not None:
+            kind = "crash" if "exited" in a.error or "init error" in a.error else "no-answer"
+            self.violate(kind, f"{what}: {a.error}")
+            return
+        if a.answered_at is not None and a.answered_at > a.deadline:
+            self.violate("in-time", f"{what} answered {a.answered_at - a.deadline:.3f}s after its deadline")
+        active_after = self.active_tokens()
+        if d.token is None:
+            self.stats["sweeps"] += 1
+            self.last_sweep = time.monotonic()
+            if a.ok:
+                left = sorted(self.describe_token(t) for t in (active_before & active_after))
+                if left:
+                    self.violate("silent-success", f"sweep answered success, still waiting: {left}")
+            self.note(f"sweep -> {'ok' if a.ok else 'error: ' + str((a.payload or {}).get('errorMessage', ''))[:160]}")
+            return
+        tracked = self.tracked[d.token]
+        tracked.deliveries += 1
+        success = a.ok
+        if d.shape != "eventbridge" and d.shape != "sns":  # an SQS batch: msg-0 is the action's
+            failures = (a.payload or {}).get("batchItemFailures", []) if a.ok else []
+            success = a.ok and {"itemIdentifier": "msg-0"} not in failures
+        if success and d.token in active_after:
+            self.violate("silent-success", f"{what} answered success but the action is still waiting: {str(a.payload)[:400]}")
+        registry = self.stack.aws.registry.snapshot()
+        records = [
+            r for r in registry["completions"] + registry["heartbeats"]
+            if r["token"] == d.token and a.started <= r["time"] <= (a.answered_at or r["time"])
+        ]  # fmt: skip
+        if alone:
+            for r in records:
+                if r["time"] > a.deadline:
+                    self.violate("in-time", f"{what}: lifecycle call recorded {r['time'] - a.deadline:.3f}s after the deadline")
+        completed = any(c["token"] == d.token for c in registry["completions"])
+        if d.token not in active_after:
+            self.stats["delivery_done" if completed else "delivery_action_over"] += 1
+        elif records:
+            self.stats["delivery_held"] += 1
+        else:
+            self.stats["delivery_missed"] += 1  # error answered, no heartbeat: redelivery's job
+        message = "" if a.ok else str((a.payload or {}).get("errorMessage", ""))[:160]
+        self.note(f"{what} -> {'ok' if a.ok else 'error'} {message}")
+
+    def describe_token(self, token: str) -> str:
+        a = self.tracked[token].action
+        kind = "terminate" if a.transition == TERMINATING else "launch"
+        return f"{kind} {a.instance_id}"
+
+    def track(self, action: LifecycleAction) -> Tracked:
+        self.tracked[action.token] = Tracked(action)
+        return self.tracked[action.token]
+
+    def dispatch_new(self, action: LifecycleAction) -> None:
+        """A new action's event: delivered now (sometimes twice), later, or never (lost: the
+        sweep must find it)."""
+        roll = self.rng.random()
+        d = Delivery(action.token, self.shape())
+        if roll < 0.70:
+            twice = self.rng.random() < 0.15
+            if twice:
+                self.deliver([d, Delivery(action.token, self.shape())], concurrent=self.rng.random() < 0.5)
+            else:
+                self.deliver([d])
+        elif roll < 0.90:
+            self.inflight.append(d)
+            self.note(f"event of {self.describe_token(action.token)} held back")
+        else:
+            self.note(f"event of {self.describe_token(action.token)} lost")
+
+    # ------------------------------------------------------------------------------------------
+    # What AWS and the machines do by themselves
+    # ------------------------------------------------------------------------------------------
+    def agent(self) -> None:
+        etcd = self.stack.etcd
+        states = self.lifecycle_states()
+        for name in list(etcd.nodes):
+            if name in self.stack.seeded.instances and not self.live(name):
+                etcd.forget_node(name)  # the machine is gone, and its etcd with it
+                self.down.pop(name, None)
+                self.note(f"node {name} gone with its instance")
+        for iid in self.order:
+            if iid in states and states[iid] == "InService":
+                self.inservice_since.setdefault(iid, time.monotonic())
+        snap = self.snapshot()
+        if snap.members is None:
+            return
+        used = {
+            url.split("://", 1)[-1].rsplit(":", 1)[0]
+            for m in snap.members.values()
+            for url in m.peer_urls + m.client_urls
+        }
+        for iid in self.order:
+            ip = self.ip_of(iid)
+            free = self.reuse_addresses or ip not in used
+            if iid not in self.recycled and not self.live(iid) and free and iid not in etcd.nodes:
+                self.recycled.add(iid)
+                self.release_ip(ip)
+                self.stack._spare_ips.append(ip)
+        for iid in self.order:
+            if states.get(iid) != "InService" or not self.live(iid) or iid in self.down:
+                continue
+            peer = f"http://{self.ip_of(iid)}:2380"
+            mine = [m for m in snap.members.values() if peer in m.peer_urls]
+            if mine and mine[0].name not in ("", iid):
+                continue  # its address is still a dead instance's member's: etcd cannot start
+            node = etcd.nodes.get(iid)
+            if node is not None:
+                if not node.running() and mine:
+                    # Stopped by itself while still a member, or never got going (the membership
+                    # changed between reading it and starting): its machine starts it again, as
+                    # systemd would; a node that never joined (its member is still unstarted)
+                    # starts afresh from the membership as it is now, as a bootstrap script does.
+                    if mine[0].name == "":
+                        shutil.rmtree(node.data_dir, ignore_errors=True)
+                        node.initial_cluster = self.initial_cluster(snap, iid, peer)
+                    etcd.start_node(iid)
+                    self.note(f"node {iid} restarted by its machine")
+                continue
+            if not mine:
+                waited = time.monotonic() - self.inservice_since.get(iid, time.monotonic())
+                if waited < 3.0 or any(m.is_learner for m in snap.members.values()) or not snap.quorate:
+                    continue
+                try:
+                    etcd.add_member(peer, learner=True)
+                except EtcdError as e:
+                    self.note(f"bootstrap of {iid} could not add its learner: {str(e)[:120]}")
+                    continue
+                self.note(f"bootstrap of {iid} added its own learner")
+                snap = self.snapshot()
+                if snap.members is None:
+                    return
+            etcd.add_node(iid, self.ip_of(iid), self.initial_cluster(snap, iid, peer))
+            self.note(f"node {iid} starts etcd and joins")
+
+    @staticmethod
+    def initial_cluster(snap: Snapshot, name: str, peer: str) -> str:
+        """`--initial-cluster` for a node joining as `name`: every current member."""
+        return ",".join(
+            f"{m.name or (name if peer in m.peer_urls else f'unstarted-{m.id:x}')}={m.peer_urls[0]}"
+            for m in (snap.members or {}).values()
+            if m.peer_urls
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # Invariants checked after each step
+    # ------------------------------------------------------------------------------------------
+    def check_step(self, before: Snapshot, after: Snapshot, function_step: bool) -> None:
+        etcd = self.stack.etcd
+        if after.members is not None and not after.quorate:
+            down_voters = [
+                m for m in after.voters if m.name in self.down or m.name not in etcd.nodes
+                or not etcd.nodes[m.name].running()
+            ]  # fmt: skip
+            up = len(after.voters) - len(down_voters)
+            if up >= len(after.voters) // 2 + 1:
+                self.violate("quorum", f"no healthy majority although the chaos left {up} of {len(after.voters)} voters up: {after.describe()}")
+            else:
+                self.stats["steps_without_quorum_by_chaos"] += 1
+        if function_step and before.members is not None and before.quorate and after.members is not None and not after.quorate:
+            self.violate("quorum", f"deliveries took the cluster from quorum to none: before {before.describe()}; after {after.describe()}")
+        if before.members is not None and after.members is not None:
+            removed = [m for mid, m in before.members.items() if mid not in after.members]
+            states = self.lifecycle_states()
+            for m in removed:
+                self.stats["members_removed"] += 1
+                iid = self.instance_of(m)
+                legit = (
+                    iid is None
+                    or iid not in states
+                    or states[iid].startswith("Terminating")
+                    or not self.live(iid)
+                )
+                if not legit:
+                    self.violate("wrong-removal", f"member {m.name or m.id} of {iid} ({states.get(iid)}, running) was removed")
+        now = time.time()
+        active = {a.token: a for a in self.stack.aws.active_actions()}
+        heartbeats: dict[str, float] = {}
+        for h in self.stack.aws.heartbeats():
+            heartbeats[h["token"]] = max(heartbeats.get(h["token"], 0.0), h["time"])
+        for token, action in active.items():
+            tracked = self.tracked.get(token)
+            last = max(action.started, heartbeats.get(token, 0.0))
+            if tracked and not tracked.lost_reported and now - last > self.hook_timeout_s:
+                tracked.lost_reported = True
+                self.violate("lost", f"{self.describe_token(token)}: no heartbeat or completion for {now - last:.0f}s (hook timeout {self.hook_timeout_s:.0f}s)")
+
+    def oldest_wait(self) -> float:
+        now = time.time()
+        heartbeats: dict[str, float] = {}
+        for h in self.stack.aws.heartbeats():
+            heartbeats[h["token"]] = max(heartbeats.get(h["token"], 0.0), h["time"])
+        ages = [now - max(a.started, heartbeats.get(a.token, 0.0)) for a in self.stack.aws.active_actions()]
+        return max(ages, default=0.0)
+
+    # ------------------------------------------------------------------------------------------
+    # The end: faults clear, the sweep finishes
+    # ------------------------------------------------------------------------------------------
+    def quiesce(self, budget_s: float = 120.0) -> bool:
+        self.stack.aws.clear_faults()
+        for gate in self.gates.values():
+            gate.clear()
+        for name in list(self.down):
+            self.heal(name)
+        if self.inflight:
+            self.deliver(self.inflight)
+            self.inflight.clear()
+        end = time.monotonic() + budget_s
+        while True:
+            self.agent()
+            self.deliver([Delivery(None)])
+            left = self.unfinished()
+            if not left:
+                return True
+            if time.monotonic() > end:
+                break
+            time.sleep(1.0)
+        snap = self.snapshot()
+        if self.beyond_tolerance and not snap.quorate:
+            # The chaos itself took down more voters than quorum survives, and etcd did not come
+            # back from it (e.g. raft's two-to-one shrink hazard, etcd-io/etcd#7464): nothing can
+            # finish without disaster recovery. Removals were checked at every step.
+            self.stats["unrecoverable_after_chaos"] += 1
+            self.note(f"etcd did not regain quorum after the chaos went beyond tolerance: {snap.describe()}; left: {left}")
+            return False
+        for item in left:
+            self.violate("finished", item)
+        return False
+
+    def unfinished(self) -> list[str]:
+        out = [f"{self.describe_token(t)} still waiting" for t in self.active_tokens() if t in self.tracked]
+        snap = self.snapshot()
+        if snap.members is None:
+            return out + ["no etcd node answers"]
+        for m in snap.members.values():
+            iid = self.instance_of(m)
+            if iid is None or not self.live(iid):
+                out.append(f"member {m.name or m.id} of terminated instance {iid} not removed")
+        for m in snap.voters:
+            if m.id not in snap.healthy:
+                out.append(f"voting member {m.name} unhealthy")
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # Chaos on etcd
+    # ------------------------------------------------------------------------------------------
+    def heal(self, name: str) -> None:
+        how = self.down.pop(name, None)
+        etcd = self.stack.etcd
+        if name not in etcd.nodes:
+            return
+        if how == "paused":
+            etcd.resume_node(name)
+        else:
+            snap = self.snapshot()
+            member = snap.members and any(m.name == name for m in snap.members.values())
+            if not member and snap.members is not None:
+                return  # removed while down: it would only refuse to start
+            etcd.start_node(name)
+        self.wait_answering(name)
+        self.note(f"etcd {name} {'resumed' if how == 'paused' else 'started'}")
