@@ -4,7 +4,7 @@ CARGO ?= cargo
 PYTHON := .venv/bin/python
 BOOTSTRAP := target/release/etcd-lifecycle-hook
 
-.PHONY: all setup release demo test test-rust test-stack test-e2e lint bench ci
+.PHONY: all setup release demo test test-rust test-stack test-e2e test-chaos chaos lint bench bench-perf ci
 
 all: test
 
@@ -20,7 +20,7 @@ demo: release
 
 # All the tests: unit, aws-smithy-mocks, real etcd clusters, the local stack's own tests, then
 # end to end against the release binary.
-test: test-rust test-stack test-e2e
+test: test-rust test-stack test-e2e test-chaos
 
 test-rust: setup
 	$(CARGO) test --locked
@@ -31,6 +31,15 @@ test-stack: setup
 test-e2e: release
 	BOOTSTRAP=$(BOOTSTRAP) $(PYTHON) -m tests.e2e.run
 
+# Seeded chaos against the release binary, real etcd and the local Auto Scaling: the short form
+# runs with the tests; `make chaos` is the long run recorded in RELIABILITY.md.
+test-chaos: release
+	$(PYTHON) -m unittest discover -s tests/chaos -t .
+	BOOTSTRAP=$(BOOTSTRAP) $(PYTHON) -m tests.chaos --seed 1 --runs 3 --steps 15 --time-budget 240
+
+chaos: release
+	BOOTSTRAP=$(BOOTSTRAP) $(PYTHON) -m tests.chaos --seed 1000 --runs 200 --steps 25 --jobs 2 --time-budget 2400 --out .stack/chaos
+
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
@@ -40,5 +49,9 @@ lint: setup
 
 bench: setup
 	$(CARGO) bench --locked --bench resilience
+
+# Cold start, memory, warm latency, requests per event and fail-fast, side by side (BENCHMARKS.md).
+bench-perf:
+	bash bench/run.sh
 
 ci: lint test

@@ -37,7 +37,7 @@ class AddressReuseTest(unittest.TestCase):
         self.assertEqual(stack.ip_of(self.new), address)
 
         # The launch event, then the sweep: both answer success (anything else fails here, in
-        # set-up, so the expected failure below can only be about membership).
+        # set-up, so the test below is only about membership).
         ok, self.launch_answer = self.fn.invoke(stack.eventbridge(self.launch))
         self.assertTrue(ok, self.launch_answer)
         ok, self.sweep_answer = self.fn.invoke(stack.scheduled())
@@ -46,11 +46,6 @@ class AddressReuseTest(unittest.TestCase):
     def members(self) -> dict[str, object]:
         return {m.name: m for m in self.stack.etcd.members()}
 
-    # BUG (src/membership.rs `member_matches`): a member whose name is another instance's ID is
-    # matched to the new instance by its reused IP, so it is never stale: the launch answers
-    # "already a member" (no stale removal, no learner) and every sweep "membership matches the
-    # group", leaving the dead voter in the cluster for good. Remove the decorator once fixed.
-    @unittest.expectedFailure
     def test_the_dead_instances_member_is_removed_and_the_newcomer_added(self):
         members = self.members()
         self.assertNotIn(
@@ -99,12 +94,6 @@ class SweepDuringAnEtcdOutageTest(unittest.TestCase):
             i: sum(1 for h in stack.aws.heartbeats() if h["instance_id"] == i) for i in self.waiting
         }
 
-    # BUG (src/handler.rs `terminate`, via `Resilience::ensure_closed`): once etcd's circuit is
-    # open, a terminate fails at once without a heartbeat, although Auto Scaling answers. In a
-    # sweep, the first waiting instance uses the half-open probe (and is held with a heartbeat);
-    # every later one fails fast, sweep after sweep, so its hook times out (lost) if the outage
-    # outlasts the heartbeat timeout. Remove the decorator once fixed.
-    @unittest.expectedFailure
     def test_every_waiting_instance_is_heartbeated_through_the_outage(self):
         for instance in self.waiting:
             self.assertGreaterEqual(
@@ -147,12 +136,6 @@ class AnswerAfterTheDeadlineTest(unittest.TestCase):
         self.assertFalse(ok, f"the completion cannot have succeeded: {self.payload}")
         self.inv = max(self.fn.api.invocations.values(), key=lambda i: i.queued_at)
 
-    # BUG (src/resilience/mod.rs `Resilience::call`): each attempt is cut at the hard deadline
-    # (`timeout_at(deadline.at, ..)`), so when the finishing call hangs, the function's answer
-    # can only be posted after the deadline. Lambda has ended the invocation by then ("Task timed
-    # out"): the function's own error, which names what failed, is never seen. Cutting the
-    # attempt a little before the deadline leaves time to answer. Remove the decorator once fixed.
-    @unittest.expectedFailure
     def test_the_answer_still_comes_before_the_deadline(self):
         late = self.inv.answered_at - self.inv.deadline_ms / 1000
         self.assertLessEqual(
