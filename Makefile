@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 PYTHON := .venv/bin/python
-BOOTSTRAP := target/release/etcd-lifecycle-hook
+BOOTSTRAP := $(or $(CARGO_TARGET_DIR),target)/release/etcd-lifecycle-hook
 
 .PHONY: all setup release demo test test-rust test-stack test-e2e test-chaos chaos lint bench bench-perf ci
 
