@@ -14,6 +14,11 @@ use crate::resilience::breaker::BreakerConfig;
 use crate::resilience::policy::RetryPolicy;
 use crate::resilience::ResilienceConfig;
 
+/// The time kept back for the heartbeat or the completion: one whole finishing attempt (its
+/// attempt and connect timeouts, `aws::ATTEMPT_TIMEOUT` + `aws::CONNECT_TIMEOUT`) and a margin
+/// for posting the answer. A shorter reserve cuts a slow but healthy completion off.
+pub const DEFAULT_DEADLINE_RESERVE: Duration = Duration::from_millis(4500);
+
 /// A variable whose value cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {variable}={value:?}: expected {expected}")]
@@ -67,6 +72,8 @@ pub struct Config {
     pub etcd_peer_port: u16,
     pub etcd_tls: TlsFiles,
     pub etcd_add_learner_on_launch: bool,
+    /// `ETCD_MIN_VOTERS`: a voter is never removed when fewer voters would remain.
+    pub etcd_min_voters: u32,
     pub retry_max_attempts: u32,
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
@@ -87,13 +94,14 @@ impl Default for Config {
             etcd_peer_port: 2380,
             etcd_tls: TlsFiles::default(),
             etcd_add_learner_on_launch: false,
+            etcd_min_voters: 2,
             retry_max_attempts: 4,
             retry_base_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_millis(5000),
             breaker_failure_threshold: 5,
             breaker_reset_timeout: Duration::from_secs(60),
             breaker_success_threshold: 2,
-            deadline_reserve: Duration::from_millis(2000),
+            deadline_reserve: DEFAULT_DEADLINE_RESERVE,
         }
     }
 }
@@ -145,6 +153,13 @@ impl Config {
                 Some(v) => parse_bool(v)
                     .ok_or_else(|| invalid("ETCD_ADD_LEARNER_ON_LAUNCH", v, "true or false"))?,
             },
+            etcd_min_voters: number(
+                "ETCD_MIN_VOTERS",
+                get("ETCD_MIN_VOTERS"),
+                d.etcd_min_voters,
+                1..=100,
+                "a whole number of voters from 1 to 100 (2 keeps raft out of its hazardous two-to-one step; 1 only to run a single node on purpose)",
+            )?,
             retry_max_attempts: number(
                 "RETRY_MAX_ATTEMPTS",
                 get("RETRY_MAX_ATTEMPTS"),
@@ -239,6 +254,11 @@ impl Config {
     pub fn handles_group(&self, group: &str) -> bool {
         self.asg_names.is_empty() || self.asg_names.iter().any(|g| g == group)
     }
+
+    /// Whether `hook` is one of ours (`LIFECYCLE_HOOK_NAMES` empty means every hook).
+    pub fn owns_hook(&self, hook: &str) -> bool {
+        self.lifecycle_hook_names.is_empty() || self.lifecycle_hook_names.iter().any(|h| h == hook)
+    }
 }
 
 fn invalid(variable: &'static str, value: &str, expected: &'static str) -> ConfigError {
@@ -328,6 +348,8 @@ fn millis(
 mod tests {
     use super::*;
 
+    const MIN_VOTERS_EXPECTED: &str = "a whole number of voters from 1 to 100 (2 keeps raft out of its hazardous two-to-one step; 1 only to run a single node on purpose)";
+
     fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_pairs(pairs.iter().map(|&(k, v)| (k, v)))
     }
@@ -344,9 +366,11 @@ mod tests {
         assert_eq!(c.breaker_failure_threshold, 5);
         assert_eq!(c.breaker_reset_timeout, Duration::from_secs(60));
         assert_eq!(c.breaker_success_threshold, 2);
-        assert_eq!(c.deadline_reserve, Duration::from_millis(2000));
+        assert_eq!(c.deadline_reserve, Duration::from_millis(4500));
+        assert_eq!(c.etcd_min_voters, 2);
         assert!(!c.etcd_add_learner_on_launch);
         assert!(c.handles_group("any-group"));
+        assert!(c.owns_hook("any-hook"));
     }
 
     #[test]
@@ -365,6 +389,7 @@ mod tests {
             ("ETCD_CERT_FILE", "/c.pem"),
             ("ETCD_KEY_FILE", "/k.pem"),
             ("ETCD_ADD_LEARNER_ON_LAUNCH", "true"),
+            ("ETCD_MIN_VOTERS", "1"),
             ("RETRY_MAX_ATTEMPTS", "6"),
             ("RETRY_BASE_DELAY_MS", "50"),
             ("RETRY_MAX_DELAY_MS", "800"),
@@ -378,6 +403,7 @@ mod tests {
         assert_eq!(c.asg_names, vec!["etcd-a", "etcd-b"]);
         assert!(c.handles_group("etcd-b") && !c.handles_group("other"));
         assert_eq!(c.lifecycle_hook_names, vec!["drain"]);
+        assert!(c.owns_hook("drain") && !c.owns_hook("other-tools-hook"));
         assert_eq!(
             c.etcd_endpoints,
             vec!["https://10.0.0.1:2379", "http://10.0.0.2:2379"]
@@ -386,6 +412,7 @@ mod tests {
         assert_eq!((c.etcd_client_port, c.etcd_peer_port), (12379, 12380));
         assert!(c.etcd_tls.enabled());
         assert!(c.etcd_add_learner_on_launch);
+        assert_eq!(c.etcd_min_voters, 1);
         let r = c.resilience();
         assert_eq!(r.retry.max_attempts, 6);
         assert_eq!(r.retry.backoff.base, Duration::from_millis(50));
@@ -419,6 +446,9 @@ mod tests {
                 "comma-separated client URLs such as https://10.0.1.5:2379",
             ),
             ("DEADLINE_RESERVE_MS", "2s", "milliseconds from 0 to 600000"),
+            ("ETCD_MIN_VOTERS", "0", MIN_VOTERS_EXPECTED),
+            ("ETCD_MIN_VOTERS", "two", MIN_VOTERS_EXPECTED),
+            ("ETCD_MIN_VOTERS", "-2", MIN_VOTERS_EXPECTED),
         ];
         for (variable, value, expected) in cases {
             let err = parse(&[(variable, value)]).unwrap_err();

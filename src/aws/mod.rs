@@ -44,3 +44,24 @@ pub(crate) fn no_active_action<E: ProvideErrorMetadata>(error: &CallError<E>) ->
                 .is_some_and(|m| m.contains("No active Lifecycle Action found"))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DEFAULT_DEADLINE_RESERVE;
+    use crate::resilience::policy::ANSWER_MARGIN;
+
+    /// The reserve is all the finishing call gets: it must hold one whole attempt (connect and
+    /// attempt timeouts) and still leave the margin to post the answer, or a slow but healthy
+    /// completion is cut off.
+    #[test]
+    fn the_default_reserve_holds_one_whole_finishing_attempt() {
+        assert!(
+            DEFAULT_DEADLINE_RESERVE >= CONNECT_TIMEOUT + ATTEMPT_TIMEOUT + ANSWER_MARGIN,
+            "DEADLINE_RESERVE_MS default {:?} < one finishing attempt {:?} + answer margin {:?}",
+            DEFAULT_DEADLINE_RESERVE,
+            CONNECT_TIMEOUT + ATTEMPT_TIMEOUT,
+            ANSWER_MARGIN
+        );
+    }
+}
