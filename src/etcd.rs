@@ -32,13 +32,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, MemberAddOptions, TlsOptions};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, Identity, LockOptions, MemberAddOptions, TlsOptions,
+};
 use futures_util::future::join_all;
 use tokio::time::Instant;
 
 use crate::config::{Config, Scheme, TlsFiles};
 use crate::model::{
-    ClusterView, Instance, Member, Membership, MembershipError, Promotion, Removal,
+    ClusterView, Instance, Member, Membership, MembershipError, MembershipLock, Promotion, Removal,
 };
 use crate::resilience::classify::{Class, Classify};
 use crate::resilience::policy::Deadline;
@@ -56,6 +58,9 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 const REFUSAL_WAIT: Duration = Duration::from_secs(3);
 /// Pause between two tries of a refused change.
 const REFUSAL_PAUSE: Duration = Duration::from_millis(250);
+/// The name of etcd's lock under which every membership change is made (the v3lock service
+/// keeps its waiters as keys under this prefix).
+pub const LOCK_NAME: &str = "etcd-lifecycle-hook/membership";
 /// How many removed member IDs are remembered to ignore their stale answers. Member IDs are
 /// never reused, so forgetting old ones only matters for memory.
 const REMEMBERED_REMOVALS: usize = 64;
@@ -79,9 +84,6 @@ pub enum TlsSetupError {
         path: PathBuf,
         expected: &'static str,
     },
-    /// A client certificate without the CA to check the servers' certificates with.
-    #[error("ETCD_CERT_FILE and ETCD_KEY_FILE are set but ETCD_CA_FILE is not: etcd's server certificates cannot be verified without the CA that signed them; set ETCD_CA_FILE")]
-    NoCa,
     /// The files read but rustls cannot use them (a broken key, a key that is not the
     /// certificate's).
     #[error("the TLS files ({files}) do not form a usable client configuration: {detail}; check that the certificate and the key are PEM and belong together")]
@@ -99,7 +101,9 @@ pub struct EtcdMembership {
     endpoints: Vec<String>,
     scheme: Scheme,
     client_port: u16,
-    tls: Option<TlsOptions>,
+    /// What `https` URLs are dialled with: the CA file and client certificate when given, else
+    /// the system trust store (honouring `SSL_CERT_FILE` / `SSL_CERT_DIR`).
+    tls: TlsOptions,
     /// Paths only, for `Debug`.
     tls_files: TlsFiles,
     /// Members this process removed, most recent last.
@@ -137,7 +141,7 @@ impl EtcdMembership {
     }
 
     /// The client URLs to ask for the member list: `ETCD_ENDPOINTS`, or else
-    /// `{scheme}://{ip}:{port}` for each of `peers`' private IPs.
+    /// `{scheme}://{ip}:{port}` for the private IP of each of `peers` that is pending or running.
     pub fn endpoints_for(&self, peers: &[Instance]) -> Vec<String> {
         if !self.endpoints.is_empty() {
             return self.endpoints.clone();
@@ -145,7 +149,11 @@ impl EtcdMembership {
         let scheme = self.scheme.as_str();
         let port = self.client_port;
         let mut urls: Vec<String> = Vec::new();
-        for ip in peers.iter().filter_map(|p| p.private_ip) {
+        for ip in peers
+            .iter()
+            .filter(|p| p.is_up())
+            .filter_map(|p| p.private_ip)
+        {
             let url = match ip {
                 IpAddr::V4(v4) => format!("{scheme}://{v4}:{port}"),
                 IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{port}"),
@@ -155,6 +163,18 @@ impl EtcdMembership {
             }
         }
         urls
+    }
+
+    /// [`endpoints_for`](Self::endpoints_for), or `Unreachable` when there are none to ask.
+    fn cluster_endpoints(&self, peers: &[Instance]) -> Result<Vec<String>, MembershipError> {
+        let urls = self.endpoints_for(peers);
+        if urls.is_empty() {
+            return Err(MembershipError::Unreachable {
+                endpoints: "none".to_string(),
+                detail: "ETCD_ENDPOINTS is empty and no running instance of the group has a private IP to build endpoints from".to_string(),
+            });
+        }
+        Ok(urls)
     }
 
     fn remember_removed(&self, member: u64) {
@@ -193,9 +213,7 @@ impl EtcdMembership {
             .with_connect_timeout(DIAL_TIMEOUT.min(left))
             .with_timeout(REQUEST_TIMEOUT.min(left));
         if url.starts_with("https://") {
-            if let Some(tls) = &self.tls {
-                options = options.with_tls(tls.clone());
-            }
+            options = options.with_tls(self.tls.clone());
         }
         Client::connect([url], Some(options)).await
     }
@@ -246,6 +264,7 @@ impl EtcdMembership {
                 Err(OpError::Odd(detail)) => Miss::Final(Failure::Rejected {
                     detail: format!("{url} answered: {detail}"),
                 }),
+                Err(OpError::Locked(waited)) => Miss::Final(Failure::Locked { waited }),
                 Err(OpError::Etcd(e)) => sort_error(&url, &e),
             };
             self.note_answer(&url, !matches!(miss, Miss::Silent(_) | Miss::Tls(_)));
@@ -424,15 +443,19 @@ impl EtcdMembership {
                 detail: format!("{detail}{tries}"),
             },
             Failure::Refused { detail } => MembershipError::Refused { detail },
+            Failure::Locked { waited } => MembershipError::Locked {
+                name: LOCK_NAME.to_string(),
+                waited_ms: waited.as_millis(),
+            },
             Failure::Busy { detail } => failed(format!(
                 "{detail}{tries}; etcd answered but could not serve the request (electing a leader or overloaded): retry later"
             )),
             Failure::Rejected { detail } => failed(detail),
             Failure::Tls { detail } => {
-                let hint = if self.tls.is_some() {
+                let hint = if self.tls_files.ca.is_some() {
                     "check that ETCD_CA_FILE is the CA that signed the etcd server certificates, that those certificates name the addresses used, and that ETCD_CERT_FILE/ETCD_KEY_FILE hold a client certificate that etcd's --trusted-ca-file trusts"
                 } else {
-                    "the endpoints use https but ETCD_CA_FILE is not set: set ETCD_CA_FILE (and ETCD_CERT_FILE/ETCD_KEY_FILE for client certificates), or ETCD_CLIENT_SCHEME=http if etcd serves plain HTTP"
+                    "the endpoints use https and ETCD_CA_FILE is not set, so the system trust store is used (SSL_CERT_FILE / SSL_CERT_DIR): add the CA that signed etcd's server certificates there or set ETCD_CA_FILE (and ETCD_CERT_FILE/ETCD_KEY_FILE for client certificates), or set ETCD_CLIENT_SCHEME=http if etcd serves plain HTTP"
                 };
                 failed(format!("TLS failed with every endpoint: {detail}; {hint}"))
             }
@@ -448,6 +471,78 @@ impl EtcdMembership {
 }
 
 impl Membership for EtcdMembership {
+    /// Takes etcd's lock [`LOCK_NAME`] on a fresh lease that lives no longer than the
+    /// invocation. A lock not free within [`Deadline::lock_wait`] is `Locked`; the lease is
+    /// revoked at once then, so this invocation's place in the lock's queue goes with it.
+    async fn lock(
+        &self,
+        peers: &[Instance],
+        deadline: &Deadline,
+    ) -> Result<MembershipLock, MembershipError> {
+        let urls = self.cluster_endpoints(peers)?;
+        let now = Instant::now();
+        let (ttl, wait) = (deadline.lease_ttl_secs(now), deadline.lock_wait(now));
+        if wait.is_zero() || ttl < 1 {
+            return Err(MembershipError::Failed {
+                operation: "take the membership lock",
+                detail: "too little time left before the deadline to wait for the lock".into(),
+            });
+        }
+        let op = move |mut client: Client| async move {
+            let lease = client.lease_grant(ttl, None).await?.id();
+            let options = LockOptions::new().with_lease(lease);
+            let taken = tokio::time::timeout(wait, client.lock(LOCK_NAME, Some(options))).await;
+            if let Ok(Ok(answer)) = &taken {
+                return Ok((answer.key().to_vec(), lease));
+            }
+            // Not taken: give the place in the queue back now rather than at the lease's end.
+            if let Err(e) = client.lease_revoke(lease).await {
+                tracing::debug!(lease, error = %describe(&e), "could not revoke the lock's lease; it expires with the invocation");
+            }
+            match taken {
+                Ok(Err(e)) => Err(e.into()),
+                _ => Err(OpError::Locked(wait)),
+            }
+        };
+        let (key, lease) = self
+            .run("take the membership lock", &urls, deadline, &op)
+            .await?;
+        tracing::debug!(lease, ttl, "took the membership lock");
+        Ok(MembershipLock {
+            key,
+            lease,
+            endpoints: urls,
+        })
+    }
+
+    /// Revokes the lock's lease, which deletes the lock's key and wakes the next waiter. A
+    /// failure is only logged: the lease expires with the invocation anyway.
+    async fn unlock(&self, lock: MembershipLock, deadline: &Deadline) {
+        let lease = lock.lease;
+        let op = move |mut client: Client| async move {
+            match client.lease_revoke(lease).await {
+                Ok(_) => Ok(()),
+                // Expired already: the lock is free.
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        };
+        match self
+            .run(
+                "release the membership lock",
+                &lock.endpoints,
+                deadline,
+                &op,
+            )
+            .await
+        {
+            Ok(()) => tracing::debug!(lease, "released the membership lock"),
+            Err(e) => {
+                tracing::warn!(lease, error = %e, "could not release the membership lock; it is freed when its lease expires with this invocation")
+            }
+        }
+    }
+
     /// The member list from the first endpoint that answers (never one this process removed,
     /// and without the members it removed), then every started member's `Status`, asked
     /// concurrently at its own client URL. A member is healthy when it answered; the leader is
@@ -457,13 +552,7 @@ impl Membership for EtcdMembership {
         peers: &[Instance],
         deadline: &Deadline,
     ) -> Result<ClusterView, MembershipError> {
-        let urls = self.endpoints_for(peers);
-        if urls.is_empty() {
-            return Err(MembershipError::Unreachable {
-                endpoints: "none".to_string(),
-                detail: "ETCD_ENDPOINTS is empty and no instance of the group has a private IP to build endpoints from".to_string(),
-            });
-        }
+        let urls = self.cluster_endpoints(peers)?;
         let removed = self.removed_members();
         let list = |mut client: Client| {
             let removed = removed.clone();
@@ -682,6 +771,8 @@ enum OpError {
     Stale(String),
     /// An answer that makes no sense (a missing field).
     Odd(String),
+    /// The lock was not free within this wait.
+    Locked(Duration),
 }
 
 impl From<etcd_client::Error> for OpError {
@@ -716,6 +807,8 @@ enum Failure {
     Busy { detail: String },
     /// The strict reconfig check refused the change. An answer: not counted.
     Refused { detail: String },
+    /// Another invocation held the membership lock for the whole wait. An answer: not counted.
+    Locked { waited: Duration },
     /// etcd answered with an error retrying cannot fix.
     Rejected { detail: String },
     /// Every reachable endpoint failed the TLS handshake: a configuration problem.
@@ -830,12 +923,12 @@ fn refusal_meaning(e: &etcd_client::Error) -> &'static str {
 }
 
 fn is_member_not_found(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::GRpcStatus(status) => {
-            status.code() == tonic::Code::NotFound || status.message().contains("member not found")
-        }
-        _ => false,
-    }
+    is_not_found(e) || grpc_message(e).contains("member not found")
+}
+
+/// etcd's NotFound: a member or a lease it no longer knows.
+fn is_not_found(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::NotFound)
 }
 
 /// etcd's answers to adding a peer URL that is already a member's. etcd derives a member's ID
@@ -943,16 +1036,21 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Reads the TLS files once and checks they form a usable client configuration.
-fn load_tls(files: &TlsFiles) -> Result<Option<TlsOptions>, TlsSetupError> {
-    if !files.enabled() {
-        return Ok(None);
-    }
-    let Some(ca_path) = &files.ca else {
-        return Err(TlsSetupError::NoCa);
+/// The TLS configuration for `https` endpoints. The files are read once and checked to form a
+/// usable client configuration; without `ETCD_CA_FILE` the system trust store is used, which
+/// honours `SSL_CERT_FILE` and `SSL_CERT_DIR`: how a Lambda adds a private CA without a layer.
+fn load_tls(files: &TlsFiles) -> Result<TlsOptions, TlsSetupError> {
+    let mut tls = match &files.ca {
+        Some(ca_path) => {
+            let ca = read_pem("ETCD_CA_FILE", ca_path, "CERTIFICATE")?;
+            TlsOptions::new().ca_certificate(Certificate::from_pem(ca))
+        }
+        None => TlsOptions::new().with_native_roots(),
     };
-    let ca = read_pem("ETCD_CA_FILE", ca_path, "CERTIFICATE")?;
-    let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
+    if !files.enabled() {
+        // Nothing the operator gave can be wrong; the system store is read when first dialled.
+        return Ok(tls);
+    }
     match (&files.cert, &files.key) {
         (Some(cert_path), Some(key_path)) => {
             let cert = read_pem("ETCD_CERT_FILE", cert_path, "CERTIFICATE")?;
@@ -975,7 +1073,7 @@ fn load_tls(files: &TlsFiles) -> Result<Option<TlsOptions>, TlsSetupError> {
             files: tls_file_list(files),
             detail: error_chain(&e),
         })?;
-    Ok(Some(tls))
+    Ok(tls)
 }
 
 fn read_pem(

@@ -11,6 +11,7 @@
 #![recursion_limit = "256"]
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use aws_config::retry::RetryConfig;
@@ -25,6 +26,7 @@ use etcd_lifecycle_hook::handler::{deadline_from_epoch_ms, Handler};
 use etcd_lifecycle_hook::metrics::stdout_sink;
 use etcd_lifecycle_hook::model::{
     ActionKey, AwsError, Completion, Fleet, GroupLifecycle, Heartbeat, Instance, Lifecycle,
+    SpotStatus,
 };
 use etcd_lifecycle_hook::resilience::policy::Deadline;
 use etcd_lifecycle_hook::resilience::Resilience;
@@ -138,6 +140,30 @@ impl Fleet for OnFirstUse<Ec2Fleet> {
         deadline: &Deadline,
     ) -> Result<Vec<Instance>, AwsError> {
         self.get().await.group_instances(group, deadline).await
+    }
+
+    async fn instance(&self, id: &str, deadline: &Deadline) -> Result<Option<Instance>, AwsError> {
+        self.get().await.instance(id, deadline).await
+    }
+
+    async fn existing_instances(
+        &self,
+        ids: &[String],
+        ips: &[IpAddr],
+        deadline: &Deadline,
+    ) -> Result<Vec<Instance>, AwsError> {
+        self.get()
+            .await
+            .existing_instances(ids, ips, deadline)
+            .await
+    }
+
+    async fn spot_status(
+        &self,
+        request_id: &str,
+        deadline: &Deadline,
+    ) -> Result<Option<SpotStatus>, AwsError> {
+        self.get().await.spot_status(request_id, deadline).await
     }
 }
 

@@ -11,8 +11,17 @@ use crate::model::{ClusterView, Instance, Member};
 /// Whether a removal may go ahead, with the reason either way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Verdict {
-    Safe { reason: String },
-    Unsafe { reason: String },
+    Safe {
+        reason: String,
+    },
+    /// The healthy voters would not (or do not) make a majority.
+    Unsafe {
+        reason: String,
+    },
+    /// Fewer voters than `ETCD_MIN_VOTERS` would remain.
+    BelowFloor {
+        reason: String,
+    },
 }
 
 impl Verdict {
@@ -22,7 +31,9 @@ impl Verdict {
 
     pub fn reason(&self) -> &str {
         match self {
-            Verdict::Safe { reason } | Verdict::Unsafe { reason } => reason,
+            Verdict::Safe { reason }
+            | Verdict::Unsafe { reason }
+            | Verdict::BelowFloor { reason } => reason,
         }
     }
 }
@@ -42,68 +53,209 @@ fn url_ip(url: &str) -> Option<IpAddr> {
     url_host(url)?.parse().ok()
 }
 
-/// Whether `member` is the etcd member of `instance`: by name (instance ID or private DNS name,
-/// short or full), or by the private IP in its peer or client URLs.
-pub fn member_matches(member: &Member, instance: &Instance) -> bool {
-    let name = member.name.as_str();
-    if !name.is_empty() {
-        if name == instance.id {
-            return true;
-        }
-        if let Some(dns) = instance.private_dns.as_deref().filter(|d| !d.is_empty()) {
-            let short = dns.split('.').next().unwrap_or(dns);
-            if name == dns || name == short {
-                return true;
-            }
-        }
-        // A name that is another instance's ID or EC2 host name belongs to that instance, even
-        // when this instance was given the private IP it used to have.
-        if names_an_ec2_instance(name) {
-            return false;
-        }
+/// What a member's name says about the machine it runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NameSays {
+    /// An instance ID (`i-0abc...`), alone or as the first label of a resource-name host name
+    /// (`i-0abc....us-west-2.compute.internal`).
+    Instance(String),
+    /// An EC2 IP-name host name (`ip-10-0-1-5`) under any domain (`.ec2.internal`, a custom DHCP
+    /// domain such as `.corp.example`): the instance with that private IP.
+    Ip(IpAddr),
+    /// Any other name (`etcd-1`, a custom host name): it says nothing about the instance.
+    Nothing,
+}
+
+fn name_says(name: &str) -> NameSays {
+    let first = name.split('.').next().unwrap_or(name);
+    if is_instance_id(first) {
+        return NameSays::Instance(first.to_string());
     }
-    instance.private_ip.is_some_and(|ip| {
-        member
-            .peer_urls
-            .iter()
-            .chain(&member.client_urls)
-            .any(|u| url_ip(u) == Some(ip))
+    if let Some(ip) = first.strip_prefix("ip-").and_then(ip_from_dashes) {
+        return NameSays::Ip(ip);
+    }
+    NameSays::Nothing
+}
+
+/// An EC2 instance ID: `i-` and 8 or 17 hex digits.
+fn is_instance_id(text: &str) -> bool {
+    text.strip_prefix("i-").is_some_and(|hex| {
+        matches!(hex.len(), 8 | 17) && hex.chars().all(|c| c.is_ascii_hexdigit())
     })
 }
 
-/// Whether `name` has the form of an EC2 instance ID (`i-` and 8 or 17 hex digits) or of an EC2
-/// private host name (`ip-10-0-1-5`, optionally with its domain).
-fn names_an_ec2_instance(name: &str) -> bool {
-    if let Some(hex) = name.strip_prefix("i-") {
-        return matches!(hex.len(), 8 | 17) && hex.chars().all(|c| c.is_ascii_hexdigit());
+/// `10-0-1-5` as 10.0.1.5.
+fn ip_from_dashes(text: &str) -> Option<IpAddr> {
+    let parts: Vec<&str> = text.split('-').collect();
+    if parts.len() != 4 {
+        return None;
     }
-    name.split('.')
-        .next()
-        .and_then(|host| host.strip_prefix("ip-"))
-        .is_some_and(|ip| {
-            let parts: Vec<&str> = ip.split('-').collect();
-            parts.len() == 4 && parts.iter().all(|p| p.parse::<u8>().is_ok())
-        })
+    parts
+        .join(".")
+        .parse::<std::net::Ipv4Addr>()
+        .ok()
+        .map(IpAddr::V4)
 }
 
-/// The member of `instance`, if the cluster has one.
+/// The IPs in a member's peer and client URLs (host names in URLs are not resolved).
+fn url_ips(member: &Member) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for ip in member
+        .peer_urls
+        .iter()
+        .chain(&member.client_urls)
+        .filter_map(|u| url_ip(u))
+    {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    ips
+}
+
+/// Whether `member`'s name names `instance`: its instance ID, its private DNS name (short or
+/// full), or an IP-name host name of its private IP under any domain.
+fn matches_by_name(member: &Member, instance: &Instance) -> bool {
+    let name = member.name.as_str();
+    if name.is_empty() {
+        return false;
+    }
+    if name == instance.id {
+        return true;
+    }
+    if let Some(dns) = instance.private_dns.as_deref().filter(|d| !d.is_empty()) {
+        let short = dns.split('.').next().unwrap_or(dns);
+        if name == dns || name == short {
+            return true;
+        }
+    }
+    match name_says(name) {
+        NameSays::Instance(id) => id == instance.id,
+        NameSays::Ip(ip) => instance.private_ip == Some(ip),
+        NameSays::Nothing => false,
+    }
+}
+
+/// Whether `member` is the etcd member of `instance`: by name (see [`matches_by_name`]), or, for
+/// a name that says nothing about its machine (`etcd-1`, or empty: not started yet), by the
+/// private IP in its peer or client URLs. A name that is another instance's ID or IP-name
+/// belongs to that instance, even when this instance was given the private IP it used to have.
+pub fn member_matches(member: &Member, instance: &Instance) -> bool {
+    if matches_by_name(member, instance) {
+        return true;
+    }
+    if name_says(&member.name) != NameSays::Nothing {
+        return false;
+    }
+    instance
+        .private_ip
+        .is_some_and(|ip| url_ips(member).contains(&ip))
+}
+
+/// The member of `instance`, if the cluster has one: a member named for it first, then one that
+/// carries its IP (an unstarted learner added for the same address must not shadow the
+/// instance's own named member).
 pub fn find_member<'a>(view: &'a ClusterView, instance: &Instance) -> Option<&'a Member> {
-    view.members.iter().find(|m| member_matches(m, instance))
-}
-
-/// Members that match none of `instances` (the group's pending and running instances).
-pub fn stale_members<'a>(view: &'a ClusterView, instances: &[Instance]) -> Vec<&'a Member> {
     view.members
         .iter()
-        .filter(|m| !instances.iter().any(|i| member_matches(m, i)))
+        .find(|m| matches_by_name(m, instance))
+        .or_else(|| view.members.iter().find(|m| member_matches(m, instance)))
+}
+
+/// What to ask EC2 about a member: the instance its name names, or the IPs it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Instance(String),
+    Ips(Vec<IpAddr>),
+    /// Neither its name nor its URLs name an instance or an IP (host names in URLs): which
+    /// machine it runs on cannot be told, so it is never called stale.
+    Unknown,
+}
+
+/// How a member is told apart from the instances: by the instance its name names (then its IP,
+/// which AWS may have handed to a newer instance, says nothing), or else by the IPs it carries.
+pub fn identity(member: &Member) -> Identity {
+    match name_says(&member.name) {
+        NameSays::Instance(id) => Identity::Instance(id),
+        NameSays::Ip(ip) => Identity::Ips(vec![ip]),
+        NameSays::Nothing => {
+            let ips = url_ips(member);
+            if ips.is_empty() {
+                Identity::Unknown
+            } else {
+                Identity::Ips(ips)
+            }
+        }
+    }
+}
+
+/// Whether some instance in `existing` carries `identity`.
+fn carried_by_any(identity: &Identity, existing: &[Instance]) -> bool {
+    match identity {
+        Identity::Instance(id) => existing.iter().any(|i| &i.id == id),
+        Identity::Ips(ips) => existing
+            .iter()
+            .any(|i| i.private_ip.is_some_and(|ip| ips.contains(&ip))),
+        Identity::Unknown => true,
+    }
+}
+
+/// Members that did not answer `Status` in this invocation: the only ones that may be stale.
+/// A member that answers is alive and serving, whatever its name or group.
+pub fn silent_members(view: &ClusterView) -> Vec<&Member> {
+    view.members
+        .iter()
+        .filter(|m| !view.is_healthy(m.id))
         .collect()
 }
 
-/// Two conditions, both on etcd's own view: the healthy voting members must be a majority of the
-/// voting members now (or the change cannot commit and would hang), and after removing `member`
-/// the healthy voting members left must be a majority of the voting members left. Learners neither
-/// vote nor count; removing one changes no majority.
-pub fn quorum_after_removal(view: &ClusterView, member: u64) -> Verdict {
+/// The instance IDs and IPs to ask EC2 about for `members`, each once.
+pub fn identities_to_look_up(members: &[&Member]) -> (Vec<String>, Vec<IpAddr>) {
+    let (mut ids, mut ips): (Vec<String>, Vec<IpAddr>) = (Vec::new(), Vec::new());
+    for member in members {
+        match identity(member) {
+            Identity::Instance(id) if !ids.contains(&id) => ids.push(id),
+            Identity::Ips(found) => {
+                for ip in found {
+                    if !ips.contains(&ip) {
+                        ips.push(ip);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (ids, ips)
+}
+
+/// The stale-member rule, both halves: a member is stale when it did not answer `Status` in this
+/// invocation AND no instance that still exists (`existing`: pending, running, stopping or
+/// stopped, in any group or none) carries its identity. Silent members whose machine cannot be
+/// told (`Identity::Unknown`) are never stale: they are returned apart so they can be reported.
+pub fn stale_members<'a>(
+    view: &'a ClusterView,
+    existing: &[Instance],
+) -> (Vec<&'a Member>, Vec<&'a Member>) {
+    let silent = silent_members(view);
+    let unknown = silent
+        .iter()
+        .copied()
+        .filter(|m| identity(m) == Identity::Unknown)
+        .collect();
+    let stale = silent
+        .into_iter()
+        .filter(|m| !carried_by_any(&identity(m), existing))
+        .collect();
+    (stale, unknown)
+}
+
+/// Three conditions, all on etcd's own view: the healthy voting members must be a majority of
+/// the voting members now (or the change cannot commit and would hang); after removing `member`
+/// at least `min_voters` voters must remain (`ETCD_MIN_VOTERS`: two to one is raft's hazardous
+/// step, where a crash between the commit and its application can leave the survivor unable to
+/// elect itself); and the healthy voting members left must be a majority of the voting members
+/// left. Learners neither vote nor count; removing one changes no majority.
+pub fn quorum_after_removal(view: &ClusterView, member: u64, min_voters: u32) -> Verdict {
     let Some(target) = view.member(member) else {
         return Verdict::Safe {
             reason: format!("member {member:x} is not in the cluster"),
@@ -128,17 +280,26 @@ pub fn quorum_after_removal(view: &ClusterView, member: u64) -> Verdict {
         };
     }
     let voters: Vec<&Member> = current.into_iter().filter(|m| m.id != member).collect();
+    if voters.is_empty() {
+        return Verdict::Unsafe {
+            reason: format!("member {member:x} is the last voting member"),
+        };
+    }
+    if voters.len() < min_voters as usize {
+        return Verdict::BelowFloor {
+            reason: format!(
+                "{} voting member(s) would remain, fewer than ETCD_MIN_VOTERS={min_voters} (shrinking to one voter is raft's hazardous step; set ETCD_MIN_VOTERS=1 only to run a single node on purpose)",
+                voters.len()
+            ),
+        };
+    }
     let healthy = voters.iter().filter(|m| view.is_healthy(m.id)).count();
     let needed = voters.len() / 2 + 1;
     let summary = format!(
         "{healthy} of {} remaining voting members healthy, {needed} needed",
         voters.len()
     );
-    if voters.is_empty() {
-        Verdict::Unsafe {
-            reason: format!("member {member:x} is the last voting member"),
-        }
-    } else if healthy >= needed {
+    if healthy >= needed {
         Verdict::Safe { reason: summary }
     } else {
         Verdict::Unsafe { reason: summary }
@@ -181,6 +342,7 @@ mod tests {
             private_dns: Some(dns.to_string()).filter(|d| !d.is_empty()),
             state: "running".to_string(),
             spot: false,
+            spot_request_id: None,
         }
     }
 
@@ -245,25 +407,90 @@ mod tests {
             member_matches(&custom, &newcomer),
             "other names still match by IP"
         );
-        let v = view(vec![dead], &[1]);
-        assert_eq!(stale_members(&v, &[newcomer]).len(), 1);
+        // Silent, and the instance its name names is gone: stale, although a newer instance
+        // carries the IP it used to have.
+        let v = view(vec![dead], &[]);
+        let (stale, unknown) = stale_members(&v, &[newcomer]);
+        assert_eq!((stale.len(), unknown.len()), (1, 0));
     }
 
     #[test]
-    fn stale_members_match_no_instance() {
+    fn ip_names_match_under_any_domain() {
+        let i = instance("i-0abc", "10.0.1.5", "ip-10-0-1-5.ec2.internal");
+        for name in [
+            "ip-10-0-1-5.corp.example",
+            "ip-10-0-1-5.eu-west-1.compute.internal",
+            "ip-10-0-1-5",
+        ] {
+            assert!(
+                member_matches(&member(1, name, "10.9.9.9", false), &i),
+                "{name}"
+            );
+        }
+        assert!(!member_matches(
+            &member(1, "ip-10-0-1-6.corp.example", "10.0.1.5", false),
+            &i
+        ));
+        let resource_name = member(
+            1,
+            "i-0abcdef1.us-west-2.compute.internal",
+            "10.9.9.9",
+            false,
+        );
+        assert!(member_matches(
+            &resource_name,
+            &instance("i-0abcdef1", "10.0.0.7", "")
+        ));
+    }
+
+    #[test]
+    fn a_named_member_wins_over_an_unstarted_one_with_the_same_ip() {
+        let i = instance("i-0abc", "10.0.1.5", "");
+        let unstarted = member(7, "", "10.0.1.5", true);
+        let named = member(8, "i-0abc", "10.0.1.5", false);
+        let v = view(vec![unstarted, named], &[8]);
+        assert_eq!(find_member(&v, &i).map(|m| m.id), Some(8));
+    }
+
+    #[test]
+    fn only_silent_members_no_existing_instance_carries_are_stale() {
         let v = view(
             vec![
-                member(1, "i-a", "10.0.0.1", false),
-                member(2, "i-gone", "10.0.0.2", false),
-                member(3, "", "10.0.0.3", false),
+                member(1, "i-0000000a", "10.0.0.1", false),
+                // Silent, its instance still exists (stopped, or in another group): kept.
+                member(2, "i-0000000b", "10.0.0.2", false),
+                // Silent, unstarted, no instance has its IP: stale.
+                member(3, "", "10.0.0.3", true),
+                // Answers, and no instance has anything of it (a node outside any group): kept.
+                member(4, "etcd-outside", "10.0.0.4", false),
+                // Silent, named for its IP under a custom domain, no instance with that IP.
+                member(5, "ip-10-0-0-5.corp.example", "10.0.0.5", false),
+                // Silent, and nothing tells its machine: never stale, reported.
+                Member {
+                    id: 6,
+                    name: "etcd-6".into(),
+                    peer_urls: vec!["https://etcd-6.corp.example:2380".into()],
+                    client_urls: vec![],
+                    is_learner: false,
+                },
             ],
-            &[1, 2],
+            &[1, 4],
         );
-        let stale: Vec<u64> = stale_members(&v, &[instance("i-a", "10.0.0.1", "")])
-            .iter()
-            .map(|m| m.id)
-            .collect();
-        assert_eq!(stale, vec![2, 3]);
+        let mut stopped = instance("i-0000000b", "10.0.0.2", "");
+        stopped.state = "stopped".into();
+        let existing = vec![instance("i-0000000a", "10.0.0.1", ""), stopped];
+        let (stale, unknown) = stale_members(&v, &existing);
+        let ids = |ms: Vec<&Member>| ms.iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(ids(stale), vec![3, 5]);
+        assert_eq!(ids(unknown), vec![6]);
+        let silent = silent_members(&v);
+        assert_eq!(
+            identities_to_look_up(&silent),
+            (
+                vec!["i-0000000b".to_string()],
+                vec!["10.0.0.3".parse().unwrap(), "10.0.0.5".parse().unwrap()]
+            )
+        );
     }
 
     #[test]
@@ -276,21 +503,21 @@ mod tests {
                 healthy,
             )
         };
-        assert!(quorum_after_removal(&three(&[1, 2, 3]), 3).is_safe());
+        assert!(quorum_after_removal(&three(&[1, 2, 3]), 3, 2).is_safe());
         assert!(
-            quorum_after_removal(&three(&[1, 2]), 3).is_safe(),
+            quorum_after_removal(&three(&[1, 2]), 3, 2).is_safe(),
             "removing the dead one"
         );
-        let v = quorum_after_removal(&three(&[1, 3]), 3);
+        let v = quorum_after_removal(&three(&[1, 3]), 3, 2);
         assert_eq!(
             v,
             Verdict::Unsafe {
                 reason: "1 of 2 remaining voting members healthy, 2 needed".into()
             }
         );
-        assert!(quorum_after_removal(&three(&[1, 2, 3]), 99).is_safe());
+        assert!(quorum_after_removal(&three(&[1, 2, 3]), 99, 2).is_safe());
         let single = view(vec![member(1, "i-1", "10.0.0.1", false)], &[1]);
-        assert!(!quorum_after_removal(&single, 1).is_safe());
+        assert!(!quorum_after_removal(&single, 1, 1).is_safe());
     }
 
     #[test]
@@ -301,14 +528,14 @@ mod tests {
             .map(|i| member(i, &format!("i-{i}"), &format!("10.0.0.{i}"), false))
             .collect();
         members.push(member(4, "", "10.0.0.4", false));
-        let v = quorum_after_removal(&view(members.clone(), &[1, 2]), 4);
+        let v = quorum_after_removal(&view(members.clone(), &[1, 2]), 4, 2);
         assert_eq!(
             v,
             Verdict::Unsafe {
                 reason: "the cluster has no quorum now (2 of 4 voting members healthy, 3 needed to commit a change)".into()
             }
         );
-        assert!(quorum_after_removal(&view(members, &[1, 2, 3]), 4).is_safe());
+        assert!(quorum_after_removal(&view(members, &[1, 2, 3]), 4, 2).is_safe());
     }
 
     #[test]
@@ -320,16 +547,23 @@ mod tests {
         ];
         let all_up = view(members.clone(), &[1, 2, 3]);
         assert!(
-            quorum_after_removal(&all_up, 3).is_safe(),
+            quorum_after_removal(&all_up, 3, 2).is_safe(),
             "a learner's removal changes no majority"
         );
         assert!(
-            quorum_after_removal(&all_up, 2).is_safe(),
-            "one healthy voter left of one"
+            quorum_after_removal(&all_up, 2, 1).is_safe(),
+            "one healthy voter left of one, when one is allowed"
+        );
+        assert_eq!(
+            quorum_after_removal(&all_up, 2, 2),
+            Verdict::BelowFloor {
+                reason: "1 voting member(s) would remain, fewer than ETCD_MIN_VOTERS=2 (shrinking to one voter is raft's hazardous step; set ETCD_MIN_VOTERS=1 only to run a single node on purpose)".into()
+            },
+            "the learner does not count toward the floor"
         );
         // Two voters, one down: the healthy learner does not make a majority.
         let one_voter_down = view(members, &[1, 3]);
-        assert!(!quorum_after_removal(&one_voter_down, 3).is_safe());
+        assert!(!quorum_after_removal(&one_voter_down, 3, 1).is_safe());
         assert_eq!(
             leader_candidate(&one_voter_down, 1),
             None,
@@ -339,7 +573,7 @@ mod tests {
 
     /// Brute force: the removal is safe iff, among the voters left, the healthy ones can form a
     /// majority on their own, i.e. some subset of healthy voters has more than half the votes.
-    fn brute_force_safe(view: &ClusterView, member: u64) -> bool {
+    fn brute_force_safe(view: &ClusterView, member: u64, min_voters: u32) -> bool {
         let Some(target) = view.member(member) else {
             return true;
         };
@@ -351,7 +585,7 @@ mod tests {
             return true;
         }
         let left: Vec<&Member> = voters.into_iter().filter(|m| m.id != member).collect();
-        has_healthy_majority(view, &left)
+        !left.is_empty() && left.len() >= min_voters as usize && has_healthy_majority(view, &left)
     }
 
     /// Some subset of `voters`, all healthy, holds more than half of their votes.
@@ -373,6 +607,7 @@ mod tests {
         fn quorum_rule_matches_brute_force(
             spec in prop::collection::vec((any::<bool>(), any::<bool>()), 1..8),
             target in 0usize..9,
+            min_voters in 1u32..5,
         ) {
             let members: Vec<Member> = spec.iter().enumerate()
                 .map(|(i, &(learner, _))| member(i as u64 + 1, &format!("m{i}"), "10.0.0.1", learner))
@@ -380,7 +615,7 @@ mod tests {
             let healthy: Vec<u64> = spec.iter().enumerate().filter(|(_, &(_, h))| h).map(|(i, _)| i as u64 + 1).collect();
             let v = view(members, &healthy);
             let id = target as u64 + 1;
-            prop_assert_eq!(quorum_after_removal(&v, id).is_safe(), brute_force_safe(&v, id));
+            prop_assert_eq!(quorum_after_removal(&v, id, min_voters).is_safe(), brute_force_safe(&v, id, min_voters));
         }
     }
 }

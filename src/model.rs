@@ -13,16 +13,37 @@ use serde::Serialize;
 use crate::resilience::policy::Deadline;
 use crate::resilience::CircuitOpen;
 
-/// An EC2 instance of the group, as `DescribeInstances` reports it.
+/// An EC2 instance, as `DescribeInstances` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Instance {
     pub id: String,
     pub private_ip: Option<IpAddr>,
     pub private_dns: Option<String>,
-    /// EC2 state name: `pending`, `running`, ...
+    /// EC2 state name: `pending`, `running`, `stopping`, `stopped`, `shutting-down`, ...
     pub state: String,
     /// A Spot instance: an interruption takes it after two minutes whatever the hook says.
     pub spot: bool,
+    /// The Spot request behind a Spot instance, whose status says whether it is being
+    /// interrupted (`marked-for-termination`).
+    pub spot_request_id: Option<String>,
+}
+
+/// EC2 states in which an instance still exists (it may come back, or is coming up): a member
+/// of such an instance is never stale.
+pub const EXISTING_STATES: &[&str] = &["pending", "running", "stopping", "stopped"];
+
+impl Instance {
+    /// Pending or running: it may serve etcd now, so its address is worth asking.
+    pub fn is_up(&self) -> bool {
+        matches!(self.state.as_str(), "pending" | "running")
+    }
+}
+
+/// What EC2 says of a Spot instance's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpotStatus {
+    /// The request's status code, such as `fulfilled` or `marked-for-termination`.
+    pub code: String,
 }
 
 /// The lifecycle transition being handled.
@@ -105,6 +126,8 @@ pub struct GroupLifecycle {
     pub waiting: Vec<WaitingInstance>,
     /// Instances kept by the `TerminateHookAbandon: retain` policy, reported to operators.
     pub retained: Vec<String>,
+    /// Instances `InService`: each should have an etcd member (the sweep adds a missing learner).
+    pub in_service: Vec<String>,
 }
 
 /// An AWS call failed. The text names the call and carries the cause.
@@ -119,15 +142,38 @@ pub enum AwsError {
     },
 }
 
-/// EC2's view of the group.
+/// EC2's view of the instances.
 pub trait Fleet: Send + Sync {
-    /// The group's instances in EC2 state `pending` or `running`, in one paged
+    /// The group's instances that still exist ([`EXISTING_STATES`]), in one paged
     /// `DescribeInstances` filtered by the `aws:autoscaling:groupName` tag.
     fn group_instances(
         &self,
         group: &str,
         deadline: &Deadline,
     ) -> impl Future<Output = Result<Vec<Instance>, AwsError>> + Send;
+
+    /// One instance by ID, in any state; `None` when EC2 no longer knows it.
+    fn instance(
+        &self,
+        id: &str,
+        deadline: &Deadline,
+    ) -> impl Future<Output = Result<Option<Instance>, AwsError>> + Send;
+
+    /// Instances that still exist ([`EXISTING_STATES`]), in any group or none, whose ID is one of
+    /// `ids` or whose private IP is one of `ips`. No call when both are empty.
+    fn existing_instances(
+        &self,
+        ids: &[String],
+        ips: &[IpAddr],
+        deadline: &Deadline,
+    ) -> impl Future<Output = Result<Vec<Instance>, AwsError>> + Send;
+
+    /// The status of a Spot request; `None` when EC2 no longer knows it.
+    fn spot_status(
+        &self,
+        request_id: &str,
+        deadline: &Deadline,
+    ) -> impl Future<Output = Result<Option<SpotStatus>, AwsError>> + Send;
 }
 
 /// Auto Scaling's lifecycle actions.
@@ -210,6 +256,10 @@ pub enum MembershipError {
     /// etcd's strict reconfig check refused a membership change: unsafe now, hold and retry later.
     #[error("etcd refused the membership change as unsafe now: {detail}")]
     Refused { detail: String },
+    /// Another invocation holds the membership lock: its change may alter the view this one
+    /// would decide on, so this one holds and comes back.
+    #[error("the membership lock ({name}) is held by another invocation and was not free within {waited_ms} ms; another membership change is under way")]
+    Locked { name: String, waited_ms: u128 },
     #[error("etcd {operation} failed: {detail}")]
     Failed {
         operation: &'static str,
@@ -217,8 +267,32 @@ pub enum MembershipError {
     },
 }
 
+/// The membership lock an invocation holds: etcd's own lock (v3lock), on a lease that expires
+/// no later than the invocation, so a function that dies holding it cannot block the cluster
+/// past its own deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipLock {
+    /// The lock's key in etcd, as the lock service answered it.
+    pub key: Vec<u8>,
+    pub lease: i64,
+    /// Where the lock was taken: its release is sent there first.
+    pub endpoints: Vec<String>,
+}
+
 /// etcd membership, reached through the resilience layer's `etcd` breaker.
 pub trait Membership: Send + Sync {
+    /// Takes the membership lock, waiting a short while if another invocation holds it
+    /// (`Locked` then). Every read-decide-change of the membership happens under it, so two
+    /// invocations never decide on the same view.
+    fn lock(
+        &self,
+        peers: &[Instance],
+        deadline: &Deadline,
+    ) -> impl Future<Output = Result<MembershipLock, MembershipError>> + Send;
+
+    /// Releases the lock (best effort: its lease expires with the invocation anyway).
+    fn unlock(&self, lock: MembershipLock, deadline: &Deadline) -> impl Future<Output = ()> + Send;
+
     /// Reads the member list and each member's status. `peers` are the group's instances, used to
     /// build endpoints when `ETCD_ENDPOINTS` is empty. `Unreachable` when no endpoint answers.
     fn cluster(

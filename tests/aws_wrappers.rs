@@ -12,8 +12,12 @@ use aws_sdk_autoscaling::operation::record_lifecycle_action_heartbeat::{
     RecordLifecycleActionHeartbeatError, RecordLifecycleActionHeartbeatOutput,
 };
 use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
+use aws_sdk_ec2::operation::describe_spot_instance_requests::{
+    DescribeSpotInstanceRequestsError, DescribeSpotInstanceRequestsOutput,
+};
 use aws_sdk_ec2::types::{
-    Instance as Ec2Instance, InstanceLifecycleType, InstanceState, InstanceStateName, Reservation,
+    Filter, Instance as Ec2Instance, InstanceLifecycleType, InstanceState, InstanceStateName,
+    Reservation, SpotInstanceRequest, SpotInstanceStatus,
 };
 use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
 use aws_smithy_types::error::ErrorMetadata;
@@ -282,10 +286,160 @@ async fn describe_instances_follows_every_page() {
     assert_eq!((first.num_calls(), second.num_calls()), (1, 1));
 }
 
+fn has_filter(filters: &[Filter], name: &str, values: &[&str]) -> bool {
+    filters
+        .iter()
+        .any(|f| f.name() == Some(name) && f.values() == values)
+}
+
+const EXISTING: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+
+/// The group's listing asks for every instance that still exists, so a stopped instance being
+/// replaced is still found with its private IP.
+#[tokio::test(start_paused = true)]
+async fn the_group_listing_includes_stopped_instances() {
+    let rule = mock!(aws_sdk_ec2::Client::describe_instances)
+        .match_requests(|r| has_filter(r.filters(), "instance-state-name", &EXISTING))
+        .then_output(|| DescribeInstancesOutput::builder().build());
+    let fleet = ec2_fleet(&[&rule], &resilience());
+    fleet.group_instances("etcd-asg", &deadline()).await.unwrap();
+    assert_eq!(rule.num_calls(), 1);
+}
+
+/// One instance by ID in any state, through a filter: an ID EC2 has forgotten is `None`.
+#[tokio::test(start_paused = true)]
+async fn one_instance_by_id_in_any_state() {
+    let found = mock!(aws_sdk_ec2::Client::describe_instances)
+        .match_requests(|r| {
+            has_filter(r.filters(), "instance-id", &["i-0000000000000003"])
+                && r.filters().len() == 1
+        })
+        .then_output(|| {
+            DescribeInstancesOutput::builder()
+                .reservations(
+                    Reservation::builder()
+                        .instances(
+                            ec2_instance_builder(3)
+                                .state(
+                                    InstanceState::builder()
+                                        .name(InstanceStateName::Stopped)
+                                        .build(),
+                                )
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        });
+    let gone = mock!(aws_sdk_ec2::Client::describe_instances)
+        .then_output(|| DescribeInstancesOutput::builder().build());
+    let fleet = ec2_fleet(&[&found, &gone], &resilience());
+    let stopped = fleet
+        .instance("i-0000000000000003", &deadline())
+        .await
+        .unwrap()
+        .expect("found");
+    assert_eq!(
+        (stopped.state.as_str(), stopped.private_ip),
+        ("stopped", Some("10.0.0.3".parse().unwrap()))
+    );
+    assert_eq!(fleet.instance("i-0ffff", &deadline()).await.unwrap(), None);
+}
+
+/// Existing instances by ID and by IP are two queries (EC2 ANDs filters), both limited to the
+/// states in which an instance still exists; nothing to ask makes no request.
+#[tokio::test(start_paused = true)]
+async fn existing_instances_ask_by_id_and_by_ip_separately() {
+    let by_id = mock!(aws_sdk_ec2::Client::describe_instances)
+        .match_requests(|r| {
+            has_filter(r.filters(), "instance-id", &["i-0000000000000001"])
+                && has_filter(r.filters(), "instance-state-name", &EXISTING)
+        })
+        .then_output(|| {
+            DescribeInstancesOutput::builder()
+                .reservations(Reservation::builder().instances(ec2_instance(1)).build())
+                .build()
+        });
+    let by_ip = mock!(aws_sdk_ec2::Client::describe_instances)
+        .match_requests(|r| {
+            has_filter(r.filters(), "private-ip-address", &["10.0.0.2", "10.0.0.9"])
+                && has_filter(r.filters(), "instance-state-name", &EXISTING)
+        })
+        .then_output(|| {
+            DescribeInstancesOutput::builder()
+                .reservations(Reservation::builder().instances(ec2_instance(2)).build())
+                .build()
+        });
+    let fleet = ec2_fleet(&[&by_id, &by_ip], &resilience());
+    let found = fleet
+        .existing_instances(
+            &["i-0000000000000001".into()],
+            &["10.0.0.2".parse().unwrap(), "10.0.0.9".parse().unwrap()],
+            &deadline(),
+        )
+        .await
+        .unwrap();
+    let ids: Vec<&str> = found.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, ["i-0000000000000001", "i-0000000000000002"]);
+    assert_eq!((by_id.num_calls(), by_ip.num_calls()), (1, 1));
+    assert!(fleet
+        .existing_instances(&[], &[], &deadline())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!((by_id.num_calls(), by_ip.num_calls()), (1, 1));
+}
+
+/// A Spot request's status code; a request EC2 no longer knows is `None`, not a failure.
+#[tokio::test(start_paused = true)]
+async fn spot_request_status() {
+    let marked = mock!(aws_sdk_ec2::Client::describe_spot_instance_requests)
+        .match_requests(|r| r.spot_instance_request_ids() == ["sir-1"])
+        .then_output(|| {
+            DescribeSpotInstanceRequestsOutput::builder()
+                .spot_instance_requests(
+                    SpotInstanceRequest::builder()
+                        .spot_instance_request_id("sir-1")
+                        .status(
+                            SpotInstanceStatus::builder()
+                                .code("marked-for-termination")
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        });
+    let unknown = mock!(aws_sdk_ec2::Client::describe_spot_instance_requests).then_error(|| {
+        DescribeSpotInstanceRequestsError::generic(
+            ErrorMetadata::builder()
+                .code("InvalidSpotInstanceRequestID.NotFound")
+                .message("The spot instance request ID 'sir-2' does not exist")
+                .build(),
+        )
+    });
+    let layer = resilience();
+    let fleet = ec2_fleet(&[&marked, &unknown], &layer);
+    let status = fleet.spot_status("sir-1", &deadline()).await.unwrap();
+    assert_eq!(status.map(|s| s.code), Some("marked-for-termination".into()));
+    assert_eq!(fleet.spot_status("sir-2", &deadline()).await.unwrap(), None);
+    assert_eq!(
+        layer.breaker(Dependency::Ec2).state(tokio::time::Instant::now()),
+        State::Closed
+    );
+}
+
 /// etcd for the request-count test: three healthy members named after the instances.
 struct ThreeMembers(Mutex<Vec<u64>>);
 
 impl Membership for ThreeMembers {
+    async fn lock(&self, _: &[Instance], _: &Deadline) -> Result<MembershipLock, MembershipError> {
+        Ok(MembershipLock {
+            key: b"lock".to_vec(),
+            lease: 1,
+            endpoints: vec![],
+        })
+    }
+    async fn unlock(&self, _: MembershipLock, _: &Deadline) {}
     async fn cluster(&self, _: &[Instance], _: &Deadline) -> Result<ClusterView, MembershipError> {
         let ids = self.0.lock().unwrap().clone();
         Ok(ClusterView {

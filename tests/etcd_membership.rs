@@ -15,6 +15,7 @@ use etcd_lifecycle_hook::membership::{leader_candidate, quorum_after_removal, st
 use etcd_lifecycle_hook::model::{ClusterView, Membership, MembershipError, Promotion, Removal};
 use etcd_lifecycle_hook::resilience::breaker::State;
 use etcd_lifecycle_hook::resilience::policy::Deadline;
+use etcd_lifecycle_hook::resilience::policy::LOCK_WAIT;
 use etcd_lifecycle_hook::resilience::{Dependency, Resilience};
 use tokio::time::Instant;
 
@@ -82,7 +83,7 @@ async fn removes_a_follower() {
         .iter()
         .find(|m| m.id != leader)
         .expect("a follower");
-    assert!(quorum_after_removal(&view, follower.id).is_safe());
+    assert!(quorum_after_removal(&view, follower.id, 2).is_safe());
 
     let removal = etcd.remove(&view, follower.id, &deadline()).await;
     assert_eq!(ok(removal, "removing a follower"), Removal::Removed);
@@ -172,7 +173,7 @@ async fn holds_a_removal_when_another_member_is_down() {
     let view = view_of(&etcd, &cluster).await;
     assert_eq!((view.members.len(), view.healthy.len()), (3, 2));
     assert!(!view.is_healthy(down));
-    let verdict = quorum_after_removal(&view, target);
+    let verdict = quorum_after_removal(&view, target, 2);
     assert!(!verdict.is_safe(), "{}", verdict.reason());
     assert_eq!(
         verdict.reason(),
@@ -191,7 +192,7 @@ async fn holds_a_removal_when_another_member_is_down() {
     assert_breaker_closed(&resilience);
 
     // Removing the member that is down is what keeps quorum, and etcd accepts it.
-    assert!(quorum_after_removal(&view, down).is_safe());
+    assert!(quorum_after_removal(&view, down, 2).is_safe());
     let removal = etcd.remove(&view, down, &deadline()).await;
     assert_eq!(ok(removal, "removing the dead member"), Removal::Removed);
     assert_eq!(cluster.members().await.len(), 2);
@@ -210,11 +211,12 @@ async fn removes_a_stale_member_that_never_started() {
     let member = view.member(stale).expect("the stale member is listed");
     assert!(member.name.is_empty() && member.client_urls.is_empty());
     let found: Vec<u64> = stale_members(&view, &cluster.instances())
+        .0
         .iter()
         .map(|m| m.id)
         .collect();
     assert_eq!(found, vec![stale]);
-    assert!(quorum_after_removal(&view, stale).is_safe());
+    assert!(quorum_after_removal(&view, stale, 2).is_safe());
 
     let removal = etcd.remove(&view, stale, &deadline()).await;
     assert_eq!(ok(removal, "removing the stale member"), Removal::Removed);
@@ -341,7 +343,7 @@ async fn a_dead_endpoint_fails_no_call_and_leaves_the_breaker_closed() {
         "EtcdMembership::new",
     );
     let view = view_of(&etcd, &cluster).await;
-    assert!(quorum_after_removal(&view, stale).is_safe());
+    assert!(quorum_after_removal(&view, stale, 2).is_safe());
     let removal = etcd.remove(&view, stale, &deadline()).await;
     assert_eq!(ok(removal, "removing the stale member"), Removal::Removed);
 
@@ -418,4 +420,61 @@ async fn adds_a_learner_promotes_it_once_caught_up_and_refuses_a_second() {
     let view = view_of(&etcd, &cluster).await;
     assert!(!view.member(id).expect("listed").is_learner);
     assert_breaker_closed(&resilience);
+}
+
+/// Two invocations (two function processes: two `EtcdMembership`s with their own breakers) never
+/// hold the membership lock at once; the second gets `Locked` after its short wait, not a
+/// breaker failure, and takes the lock once the first releases it.
+#[tokio::test]
+async fn the_membership_lock_admits_one_invocation_at_a_time() {
+    let cluster = EtcdCluster::start(130, 3).await;
+    let (first, _) = membership(&cluster);
+    let (second, second_breakers) = membership(&cluster);
+    let peers = cluster.instances();
+
+    let held = ok(first.lock(&peers, &deadline()).await, "first lock");
+    let asked = Instant::now();
+    let refused = second.lock(&peers, &deadline()).await;
+    let waited = asked.elapsed();
+    assert!(
+        matches!(refused, Err(MembershipError::Locked { .. })),
+        "second lock while the first is held: {refused:?}"
+    );
+    assert!(
+        waited >= LOCK_WAIT,
+        "gave up after {waited:?}, before its wait"
+    );
+    assert_breaker_closed(&second_breakers);
+
+    first.unlock(held, &deadline()).await;
+    let taken = ok(second.lock(&peers, &deadline()).await, "lock after release");
+    second.unlock(taken, &deadline()).await;
+}
+
+/// A function that dies holding the lock cannot block the cluster past its own deadline: the
+/// lease lives no longer than the invocation had left.
+#[tokio::test]
+async fn a_lock_left_behind_ends_with_the_invocation_that_took_it() {
+    let cluster = EtcdCluster::start(140, 3).await;
+    let (abandoned, _) = membership(&cluster);
+    let (next, _) = membership(&cluster);
+    let peers = cluster.instances();
+    let short = Deadline::after(Duration::from_secs(3), Duration::from_millis(500));
+    let _never_released = ok(abandoned.lock(&peers, &short).await, "lock");
+    let asked = Instant::now();
+    // The lease (3 s at most) runs out while the next invocation waits, or by its next try.
+    let taken = match next.lock(&peers, &deadline()).await {
+        Ok(lock) => lock,
+        Err(MembershipError::Locked { .. }) => ok(
+            next.lock(&peers, &deadline()).await,
+            "lock once the lease ran out",
+        ),
+        Err(e) => panic!("lock after an abandoned one: {e}"),
+    };
+    assert!(
+        asked.elapsed() < Duration::from_secs(3) + LOCK_WAIT * 2,
+        "took {:?}",
+        asked.elapsed()
+    );
+    next.unlock(taken, &deadline()).await;
 }

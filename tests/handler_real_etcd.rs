@@ -22,6 +22,25 @@ impl Fleet for FixedFleet {
     async fn group_instances(&self, _: &str, _: &Deadline) -> Result<Vec<Instance>, AwsError> {
         Ok(self.0.clone())
     }
+    async fn instance(&self, id: &str, _: &Deadline) -> Result<Option<Instance>, AwsError> {
+        Ok(self.0.iter().find(|i| i.id == id).cloned())
+    }
+    async fn existing_instances(
+        &self,
+        ids: &[String],
+        ips: &[std::net::IpAddr],
+        _: &Deadline,
+    ) -> Result<Vec<Instance>, AwsError> {
+        Ok(self
+            .0
+            .iter()
+            .filter(|i| ids.contains(&i.id) || i.private_ip.is_some_and(|ip| ips.contains(&ip)))
+            .cloned()
+            .collect())
+    }
+    async fn spot_status(&self, _: &str, _: &Deadline) -> Result<Option<SpotStatus>, AwsError> {
+        Ok(None)
+    }
 }
 
 /// Auto Scaling as a list of the calls made, shared with the test.
@@ -173,6 +192,7 @@ async fn launch_removes_a_stale_member_and_completes() {
         private_dns: None,
         state: "pending".into(),
         spot: false,
+        spot_request_id: None,
     };
     instances.push(newcomer.clone());
     let (h, lifecycle) = handler(instances, cluster.config());

@@ -156,6 +156,8 @@ impl Lifecycle for AutoScalingLifecycle {
                     });
                 } else if RETAINED.contains(&state) {
                     lifecycle.retained.push(id.to_string());
+                } else if state == "InService" {
+                    lifecycle.in_service.push(id.to_string());
                 }
             }
         }

@@ -2,10 +2,18 @@
 //! loses quorum and no action is lost.
 //!
 //! Generic over the narrow traits of `model.rs`, so every branch runs in unit tests with fakes.
-//! Invariants kept here:
+//! One file per flow: `terminate.rs`, `launch.rs`, `sweep.rs`; `reconcile.rs` holds what launch
+//! and the sweep share (stale members, learners); this file holds the entry point and the two
+//! ways a flow ends (complete, hold). Invariants kept here:
 //! - a member is removed only when `membership::quorum_after_removal` says the healthy voters
-//!   left are a majority; otherwise the instance is held (heartbeat) and the invocation answers
-//!   an error naming the hold, so the event comes back (a hold is never reported as success);
+//!   left are a majority and at least `ETCD_MIN_VOTERS` voters remain; otherwise the instance is
+//!   held (heartbeat) and the invocation answers an error naming the hold, so the event comes
+//!   back (a hold is never reported as success);
+//! - every read-decide-change of the membership happens under etcd's lock
+//!   (`Membership::lock`), so two invocations never decide on the same view; a lock not free in
+//!   a short wait is a hold;
+//! - only the hooks of `LIFECYCLE_HOOK_NAMES` are ever completed or heartbeated: another tool's
+//!   action on the same group is left alone;
 //! - no new work starts inside the deadline reserve: the time left there is for the heartbeat or
 //!   the completion;
 //! - before a flow makes its first call, the breakers of every dependency it needs are checked,
@@ -23,13 +31,18 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+mod launch;
+mod reconcile;
+mod sweep;
+mod terminate;
+
 use crate::config::Config;
 use crate::event::{self, EventError, Invocation, Message};
-use crate::membership::{find_member, leader_candidate, quorum_after_removal, stale_members};
+use crate::membership::{leader_candidate, quorum_after_removal, Verdict};
 use crate::metrics::{InvocationMetrics, Sink};
 use crate::model::{
     ActionKey, AwsError, ClusterView, Completion, Fleet, Heartbeat, Instance, Lifecycle, Member,
-    Membership, MembershipError, Promotion, Removal, Transition,
+    Membership, MembershipError, Removal, Transition,
 };
 use crate::resilience::breaker::Snapshot;
 use crate::resilience::policy::Deadline;
@@ -151,9 +164,13 @@ pub struct Handler<F, L, M> {
     pub function_name: String,
 }
 
-/// A paused lifecycle action and how the flow reaches it.
+/// A paused lifecycle action and how the flow reaches it: one key per hook of ours the instance
+/// waits on (an event names one; the sweep, which cannot tell which of our hooks an instance
+/// waits on, acts on each of them).
 struct Target<'a> {
-    key: ActionKey,
+    group: String,
+    instance_id: String,
+    keys: Vec<ActionKey>,
     transition: Transition,
     deadline: &'a Deadline,
 }
@@ -164,7 +181,8 @@ enum RemovalOutcome {
         leader_moved: bool,
     },
     AlreadyGone,
-    /// Not safe now: quorum would break, etcd refused, or etcd could not be asked.
+    /// Not safe now: quorum would break, too few voters would remain, etcd refused, the lock was
+    /// taken, or etcd could not be asked.
     Unsafe {
         reason: String,
         error: Option<HandlerError>,
@@ -280,22 +298,31 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             Message::Sweep => self.sweep(deadline, metrics).await,
             Message::Lifecycle(event) => {
                 let target = Target {
-                    key: ActionKey {
+                    group: event.group.clone(),
+                    instance_id: event.instance_id.clone(),
+                    keys: vec![ActionKey {
                         group: event.group.clone(),
                         hook: event.hook.clone(),
                         instance_id: event.instance_id.clone(),
                         token: Some(event.token.clone()),
-                    },
+                    }],
                     transition: event.transition,
                     deadline,
                 };
-                let result = if !self.config.handles_group(&event.group) {
-                    let mut r = InstanceResult::new(
-                        Some(&event.group),
-                        Some(&event.instance_id),
-                        Some(event.transition),
-                    );
-                    r.detail = format!("group {} is not in ASG_NAMES", event.group);
+                let not_ours = if !self.config.handles_group(&event.group) {
+                    Some(format!("group {} is not in ASG_NAMES", event.group))
+                } else if !self.config.owns_hook(&event.hook) {
+                    Some(format!(
+                        "hook {} is not in LIFECYCLE_HOOK_NAMES ({}): another tool's lifecycle action, left alone",
+                        event.hook,
+                        self.config.lifecycle_hook_names.join(",")
+                    ))
+                } else {
+                    None
+                };
+                let result = if let Some(detail) = not_ours {
+                    let mut r = self.result_for(&target);
+                    r.detail = detail;
                     r
                 } else {
                     match event.transition {
@@ -313,99 +340,10 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
 
     fn result_for(&self, target: &Target<'_>) -> InstanceResult {
         InstanceResult::new(
-            Some(&target.key.group),
-            Some(&target.key.instance_id),
+            Some(&target.group),
+            Some(&target.instance_id),
             Some(target.transition),
         )
-    }
-
-    /// Terminate: find the member, check quorum, move leadership away, remove, complete.
-    async fn terminate(
-        &self,
-        target: &Target<'_>,
-        metrics: &mut InvocationMetrics,
-    ) -> InstanceResult {
-        let (mut result, instances) = match self
-            .start_flow(
-                target,
-                &[Dependency::Autoscaling, Dependency::Ec2, Dependency::Etcd],
-                "change membership",
-                metrics,
-            )
-            .await
-        {
-            Ok(started) => started,
-            Err(done) => return done,
-        };
-        let instance = instances
-            .iter()
-            .find(|i| i.id == target.key.instance_id)
-            .cloned()
-            .unwrap_or_else(|| Instance {
-                id: target.key.instance_id.clone(),
-                private_ip: None,
-                private_dns: None,
-                state: String::new(),
-                spot: false,
-            });
-        let view = match self.membership.cluster(&instances, target.deadline).await {
-            Ok(view) => view,
-            Err(e) => {
-                let (reason, error) = etcd_cause(&e);
-                return self
-                    .hold(
-                        target,
-                        result,
-                        format!("cannot read etcd membership to check quorum: {reason}"),
-                        error,
-                        metrics,
-                    )
-                    .await;
-            }
-        };
-        let Some(member) = find_member(&view, &instance).cloned() else {
-            result.detail = "no etcd member for this instance: already removed".into();
-            return self.complete(target, result, metrics).await;
-        };
-        match self
-            .remove_member(&view, &member, target.deadline, metrics)
-            .await
-        {
-            RemovalOutcome::Removed { leader_moved } => {
-                result.member_removed = true;
-                result.leader_moved = leader_moved;
-                result.detail = format!(
-                    "member {} ({:x}) removed{}",
-                    member.name,
-                    member.id,
-                    if leader_moved {
-                        " after moving leadership away"
-                    } else {
-                        ""
-                    }
-                );
-                self.complete(target, result, metrics).await
-            }
-            RemovalOutcome::AlreadyGone => {
-                result.detail = format!(
-                    "member {} ({:x}) was already removed",
-                    member.name, member.id
-                );
-                self.complete(target, result, metrics).await
-            }
-            // A Spot interruption takes the instance after two minutes whatever the hook says:
-            // holding cannot save it, so its member is kept (never knowingly breaking quorum) and
-            // the action completed; stale-member cleanup removes the member once that is safe.
-            RemovalOutcome::Unsafe { reason, .. } if instance.spot => {
-                result.detail = format!(
-                    "spot instance, cannot be held: {reason}; member kept for stale-member cleanup"
-                );
-                self.complete(target, result, metrics).await
-            }
-            RemovalOutcome::Unsafe { reason, error } => {
-                self.hold(target, result, reason, error, metrics).await
-            }
-        }
     }
 
     /// The common start of a flow: fail at once if a circuit it needs is open, hold inside the
@@ -441,7 +379,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         }
         match self
             .fleet
-            .group_instances(&target.key.group, target.deadline)
+            .group_instances(&target.group, target.deadline)
             .await
         {
             Ok(instances) => Ok((result, instances)),
@@ -454,6 +392,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
     }
 
     /// Removes one member under the quorum check, moving leadership away first if it leads.
+    /// The caller holds the membership lock and read `view` under it.
     async fn remove_member(
         &self,
         view: &ClusterView,
@@ -461,13 +400,18 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         deadline: &Deadline,
         metrics: &mut InvocationMetrics,
     ) -> RemovalOutcome {
-        let verdict = quorum_after_removal(view, member.id);
-        if !verdict.is_safe() {
+        let verdict = quorum_after_removal(view, member.id, self.config.etcd_min_voters);
+        let harm = match &verdict {
+            Verdict::Safe { .. } => None,
+            Verdict::Unsafe { .. } => Some("would break quorum"),
+            Verdict::BelowFloor { .. } => Some("would leave too few voters"),
+        };
+        if let Some(harm) = harm {
             metrics.quorum_holds += 1;
             return RemovalOutcome::Unsafe {
                 reason: format!(
-                    "removing member {} ({:x}) would break quorum: {}",
-                    member.name,
+                    "removing member {} ({:x}) {harm}: {}",
+                    display_name(member),
                     member.id,
                     verdict.reason()
                 ),
@@ -482,7 +426,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 return RemovalOutcome::Unsafe {
                     reason: format!(
                         "member {} leads and no healthy voter can take over",
-                        member.name
+                        display_name(member)
                     ),
                     error: None,
                 };
@@ -495,7 +439,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 return RemovalOutcome::Unsafe {
                     reason: format!(
                         "could not move leadership away from {}: {reason}",
-                        member.name
+                        display_name(member)
                     ),
                     error,
                 };
@@ -518,301 +462,15 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 }
                 let (reason, error) = etcd_cause(&e);
                 RemovalOutcome::Unsafe {
-                    reason: format!("member {} not removed: {reason}", member.name),
+                    reason: format!("member {} not removed: {reason}", display_name(member)),
                     error,
                 }
             }
         }
     }
 
-    /// Launch: clean up stale members, optionally add the newcomer as a learner, complete.
-    async fn launch(
-        &self,
-        target: &Target<'_>,
-        into_warm_pool: bool,
-        metrics: &mut InvocationMetrics,
-    ) -> InstanceResult {
-        if into_warm_pool {
-            let mut result = self.result_for(target);
-            if let Err(open) = self.resilience.ensure_closed(&[Dependency::Autoscaling]) {
-                return fail(result, open.into());
-            }
-            result.detail = "launching into the warm pool: not an etcd member yet".into();
-            return self.complete(target, result, metrics).await;
-        }
-        // etcd is optional here: a launch cannot hurt quorum, and an unreachable etcd means the
-        // cluster is being bootstrapped.
-        let (mut result, instances) = match self
-            .start_flow(
-                target,
-                &[Dependency::Autoscaling, Dependency::Ec2],
-                "clean up membership",
-                metrics,
-            )
-            .await
-        {
-            Ok(started) => started,
-            Err(done) => return done,
-        };
-        let newcomer = instances.iter().find(|i| i.id == target.key.instance_id);
-        let notes = self
-            .reconcile(&instances, newcomer, target.deadline, metrics)
-            .await;
-        result.member_removed = notes.removed > 0;
-        result.detail = notes.text.join("; ");
-        self.complete(target, result, metrics).await
-    }
-
-    /// Stale-member cleanup, learner promotion and the optional learner add, shared by launch and
-    /// the sweep. Never fails the caller: what it could not do is said in the notes.
-    async fn reconcile(
-        &self,
-        instances: &[Instance],
-        newcomer: Option<&Instance>,
-        deadline: &Deadline,
-        metrics: &mut InvocationMetrics,
-    ) -> Notes {
-        let mut notes = Notes::default();
-        let has_peer = !self.config.etcd_endpoints.is_empty()
-            || instances
-                .iter()
-                .any(|i| i.private_ip.is_some() && Some(&i.id) != newcomer.map(|n| &n.id));
-        if !has_peer {
-            notes
-                .text
-                .push("no etcd peer: the cluster is being bootstrapped".into());
-            return notes;
-        }
-        if let Err(open) = self.resilience.ensure_closed(&[Dependency::Etcd]) {
-            notes.text.push(format!("membership left as is: {open}"));
-            return notes;
-        }
-        let mut view = match self.membership.cluster(instances, deadline).await {
-            Ok(view) => view,
-            Err(MembershipError::Unreachable { .. }) => {
-                notes
-                    .text
-                    .push("no etcd peer answered: the cluster is being bootstrapped".into());
-                return notes;
-            }
-            Err(e) => {
-                notes.text.push(format!("membership left as is: {e}"));
-                return notes;
-            }
-        };
-        for learner in view
-            .members
-            .iter()
-            .filter(|m| m.is_learner && view.is_healthy(m.id))
-        {
-            match self.membership.promote(&view, learner.id, deadline).await {
-                Ok(Promotion::Promoted) => notes
-                    .text
-                    .push(format!("learner {} promoted", learner.name)),
-                Ok(Promotion::NotReady) => notes
-                    .text
-                    .push(format!("learner {} not in sync yet", learner.name)),
-                Err(e) => notes
-                    .text
-                    .push(format!("learner {} not promoted: {e}", learner.name)),
-            }
-        }
-        // One stale member at a time, each under the quorum check against a fresh view.
-        let mut stale_left = false;
-        while let Some(stale) = stale_members(&view, instances).into_iter().next().cloned() {
-            if deadline.in_reserve(Instant::now()) {
-                notes
-                    .text
-                    .push("stale-member cleanup stopped at the deadline reserve".into());
-                stale_left = true;
-                break;
-            }
-            match self.remove_member(&view, &stale, deadline, metrics).await {
-                RemovalOutcome::Removed { .. } => {
-                    notes.removed += 1;
-                    notes.text.push(format!(
-                        "stale member {} ({:x}) removed",
-                        display_name(&stale),
-                        stale.id
-                    ));
-                }
-                RemovalOutcome::AlreadyGone => {}
-                RemovalOutcome::Unsafe { reason, .. } => {
-                    notes.text.push(format!(
-                        "stale member {} kept: {reason}",
-                        display_name(&stale)
-                    ));
-                    stale_left = true;
-                    break;
-                }
-            }
-            view = match self.membership.cluster(instances, deadline).await {
-                Ok(view) => view,
-                Err(e) => {
-                    notes.text.push(format!("membership not re-read: {e}"));
-                    stale_left = true;
-                    break;
-                }
-            };
-        }
-        if let Some(newcomer) = newcomer.filter(|_| self.config.etcd_add_learner_on_launch) {
-            self.add_learner(&view, newcomer, stale_left, deadline, &mut notes)
-                .await;
-        }
-        notes
-    }
-
-    async fn add_learner(
-        &self,
-        view: &ClusterView,
-        newcomer: &Instance,
-        stale_left: bool,
-        deadline: &Deadline,
-        notes: &mut Notes,
-    ) {
-        if find_member(view, newcomer).is_some() {
-            notes.text.push("already a member".into());
-        } else if stale_left {
-            notes
-                .text
-                .push("learner not added: a stale member is left".into());
-        } else if view.members.iter().any(|m| m.is_learner) {
-            notes
-                .text
-                .push("learner not added: another learner is catching up".into());
-        } else if let Some(ip) = newcomer.private_ip {
-            let host = if ip.is_ipv6() {
-                format!("[{ip}]")
-            } else {
-                ip.to_string()
-            };
-            // Peers often speak another scheme than clients: follow the cluster's own peer URLs.
-            let scheme = view
-                .members
-                .iter()
-                .flat_map(|m| &m.peer_urls)
-                .find_map(|u| u.split_once("://").map(|(scheme, _)| scheme.to_string()))
-                .unwrap_or_else(|| self.config.etcd_client_scheme.as_str().to_string());
-            let peer_url = format!("{scheme}://{host}:{}", self.config.etcd_peer_port);
-            match self
-                .membership
-                .add_learner(view, &newcomer.id, &peer_url, deadline)
-                .await
-            {
-                Ok(id) => notes
-                    .text
-                    .push(format!("added as learner {id:x} with peer URL {peer_url}")),
-                Err(e) => notes.text.push(format!("learner not added: {e}")),
-            }
-        } else {
-            notes
-                .text
-                .push("learner not added: the instance has no private IP yet".into());
-        }
-    }
-
-    /// The reconcile sweep: finish what events missed, then clean up stale members.
-    async fn sweep(
-        &self,
-        deadline: &Deadline,
-        metrics: &mut InvocationMetrics,
-    ) -> Result<Vec<InstanceResult>, HandlerError> {
-        if self.config.asg_names.is_empty() {
-            return Err(HandlerError::SweepWithoutGroups);
-        }
-        let mut results = Vec::new();
-        for group in &self.config.asg_names {
-            let mut group_result = InstanceResult::new(Some(group), None, None);
-            // Only Auto Scaling is needed to find the waiting instances; each one's flow then
-            // holds it even while EC2 or etcd is out, so no hook times out during an outage.
-            if let Err(open) = self.resilience.ensure_closed(&[Dependency::Autoscaling]) {
-                group_result.log();
-                results.push(fail(group_result, open.into()));
-                continue;
-            }
-            let lifecycle = match self.lifecycle.group_lifecycle(group, deadline).await {
-                Ok(l) => l,
-                Err(e) => {
-                    let error = aws_error(group, "", &e);
-                    let r = fail(group_result, error);
-                    r.log();
-                    results.push(r);
-                    continue;
-                }
-            };
-            for waiting in &lifecycle.waiting {
-                let Some(transition) = waiting.transition() else {
-                    continue;
-                };
-                let Some(hook) = lifecycle.hooks.iter().find(|h| h.transition == transition) else {
-                    let mut r = InstanceResult::new(
-                        Some(group),
-                        Some(&waiting.instance_id),
-                        Some(transition),
-                    );
-                    r.detail = format!(
-                        "{}: no hook of ours for this transition (LIFECYCLE_HOOK_NAMES)",
-                        waiting.lifecycle_state
-                    );
-                    r.log();
-                    results.push(r);
-                    continue;
-                };
-                let target = Target {
-                    key: ActionKey {
-                        group: group.clone(),
-                        hook: hook.name.clone(),
-                        instance_id: waiting.instance_id.clone(),
-                        token: None,
-                    },
-                    transition,
-                    deadline,
-                };
-                let r = match transition {
-                    Transition::Terminating => self.terminate(&target, metrics).await,
-                    Transition::Launching => {
-                        self.launch(
-                            &target,
-                            waiting.lifecycle_state.starts_with("Warmed:"),
-                            metrics,
-                        )
-                        .await
-                    }
-                };
-                r.log();
-                results.push(r);
-            }
-            for instance in &lifecycle.retained {
-                let mut r =
-                    InstanceResult::new(Some(group), Some(instance), Some(Transition::Terminating));
-                r.detail = "retained by the group's instance lifecycle policy: once its member is gone, terminate it with TerminateInstanceInAutoScalingGroup".into();
-                r.log();
-                results.push(r);
-            }
-            // Stale members of instances that died without a hook (terminated through EC2).
-            match self.fleet.group_instances(group, deadline).await {
-                Ok(instances) => {
-                    let notes = self.reconcile(&instances, None, deadline, metrics).await;
-                    group_result.member_removed = notes.removed > 0;
-                    group_result.detail = if notes.text.is_empty() {
-                        "membership matches the group".into()
-                    } else {
-                        notes.text.join("; ")
-                    };
-                    group_result.log();
-                    results.push(group_result);
-                }
-                Err(e) => {
-                    let r = fail(group_result, aws_error(group, "", &e));
-                    r.log();
-                    results.push(r);
-                }
-            }
-        }
-        Ok(results)
-    }
-
-    /// Holds the instance in its wait state: heartbeat, and an error so the event comes back.
+    /// Holds the instance in its wait state: a heartbeat for each of our actions, and an error
+    /// so the event comes back.
     async fn hold(
         &self,
         target: &Target<'_>,
@@ -821,82 +479,79 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         error: Option<HandlerError>,
         metrics: &mut InvocationMetrics,
     ) -> InstanceResult {
-        match self
-            .lifecycle
-            .heartbeat(&target.key, &target.deadline.finishing())
-            .await
-        {
-            Ok(Heartbeat::Recorded) => {
-                metrics.heartbeats += 1;
-                result.action = Action::Held;
-                result.result = "HEARTBEAT";
-                result.error = Some(error.unwrap_or_else(|| HandlerError::Held {
-                    instance_id: target.key.instance_id.clone(),
-                    group: target.key.group.clone(),
-                    reason: reason.clone(),
-                }));
-                result.detail = reason;
-                result
-            }
-            Ok(Heartbeat::ActionOver) => {
-                result.action = Action::Skipped;
-                result.result = "ACTION_OVER";
-                result.detail = format!("{reason}; the lifecycle action is no longer active, so there is nothing to hold (the sweep removes a stale member)");
-                result
-            }
-            Err(e) => {
-                let heartbeat_error = aws_error(&target.key.group, &target.key.instance_id, &e);
-                result.detail = format!("{reason}; and the heartbeat failed: {e}");
-                let error = match (error, heartbeat_error) {
-                    (Some(HandlerError::CircuitOpen(open)), _)
-                    | (_, HandlerError::CircuitOpen(open)) => HandlerError::CircuitOpen(open),
-                    _ => HandlerError::Failed {
-                        instance_id: target.key.instance_id.clone(),
-                        group: target.key.group.clone(),
-                        detail: result.detail.clone(),
-                    },
-                };
-                fail(result, error)
+        let finishing = target.deadline.finishing();
+        let mut recorded = false;
+        for key in &target.keys {
+            match self.lifecycle.heartbeat(key, &finishing).await {
+                Ok(Heartbeat::Recorded) => {
+                    metrics.heartbeats += 1;
+                    recorded = true;
+                }
+                Ok(Heartbeat::ActionOver) => {}
+                Err(e) => {
+                    let heartbeat_error = aws_error(&target.group, &target.instance_id, &e);
+                    result.detail = format!("{reason}; and the heartbeat failed: {e}");
+                    let error = match (error, heartbeat_error) {
+                        (Some(HandlerError::CircuitOpen(open)), _)
+                        | (_, HandlerError::CircuitOpen(open)) => HandlerError::CircuitOpen(open),
+                        _ => HandlerError::Failed {
+                            instance_id: target.instance_id.clone(),
+                            group: target.group.clone(),
+                            detail: result.detail.clone(),
+                        },
+                    };
+                    return fail(result, error);
+                }
             }
         }
+        if !recorded {
+            result.action = Action::Skipped;
+            result.result = "ACTION_OVER";
+            result.detail = format!("{reason}; the lifecycle action is no longer active, so there is nothing to hold (the sweep removes a stale member)");
+            return result;
+        }
+        result.action = Action::Held;
+        result.result = "HEARTBEAT";
+        result.error = Some(error.unwrap_or_else(|| HandlerError::Held {
+            instance_id: target.instance_id.clone(),
+            group: target.group.clone(),
+            reason: reason.clone(),
+        }));
+        result.detail = reason;
+        result
     }
 
+    /// Completes each of our actions with `CONTINUE`.
     async fn complete(
         &self,
         target: &Target<'_>,
         mut result: InstanceResult,
         metrics: &mut InvocationMetrics,
     ) -> InstanceResult {
-        match self
-            .lifecycle
-            .complete(&target.key, &target.deadline.finishing())
-            .await
-        {
-            Ok(Completion::Completed) => {
-                metrics.completed("CONTINUE");
-                result.action = Action::Completed;
-                result.result = "CONTINUE";
-                result
-            }
-            Ok(Completion::AlreadyDone) => {
-                metrics.completed("ALREADY_DONE");
-                result.action = Action::Completed;
-                result.result = "ALREADY_DONE";
-                result
-            }
-            Err(e) => {
-                let error = aws_error(&target.key.group, &target.key.instance_id, &e);
-                result.detail = format!("{}; completion failed: {e}", result.detail);
-                fail(result, error)
+        let finishing = target.deadline.finishing();
+        let mut completed = false;
+        for key in &target.keys {
+            match self.lifecycle.complete(key, &finishing).await {
+                Ok(Completion::Completed) => {
+                    metrics.completed("CONTINUE");
+                    completed = true;
+                }
+                Ok(Completion::AlreadyDone) => metrics.completed("ALREADY_DONE"),
+                Err(e) => {
+                    let error = aws_error(&target.group, &target.instance_id, &e);
+                    result.detail = format!("{}; completion failed: {e}", result.detail);
+                    return fail(result, error);
+                }
             }
         }
+        result.action = Action::Completed;
+        result.result = if completed {
+            "CONTINUE"
+        } else {
+            "ALREADY_DONE"
+        };
+        result
     }
-}
-
-#[derive(Default)]
-struct Notes {
-    text: Vec<String>,
-    removed: usize,
 }
 
 fn display_name(member: &Member) -> String {

@@ -4,25 +4,26 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::metrics::memory_sink;
-use crate::model::{GroupLifecycle, Hook, WaitingInstance};
+use crate::model::{GroupLifecycle, Hook, Promotion, WaitingInstance};
 use crate::resilience::breaker::State;
 
 const GROUP: &str = "etcd-asg";
 
 fn instance(n: u8) -> Instance {
     Instance {
-        id: format!("i-000000000000000{n}"),
+        id: format!("i-0000000000000000{n}"),
         private_ip: Some(format!("10.0.0.{n}").parse().unwrap()),
         private_dns: Some(format!("ip-10-0-0-{n}.ec2.internal")),
         state: "running".into(),
         spot: false,
+        spot_request_id: None,
     }
 }
 
 fn member(n: u8) -> Member {
     Member {
         id: u64::from(n) * 0x1111,
-        name: format!("i-000000000000000{n}"),
+        name: format!("i-0000000000000000{n}"),
         peer_urls: vec![format!("https://10.0.0.{n}:2380")],
         client_urls: vec![format!("https://10.0.0.{n}:2379")],
         is_learner: false,
@@ -42,14 +43,64 @@ impl Calls {
 }
 
 struct FakeFleet {
+    /// The group's instances.
     instances: Vec<Instance>,
+    /// Instances outside the group that EC2 still knows (other groups, none).
+    elsewhere: Vec<Instance>,
+    /// Spot request statuses by request ID.
+    spot: Vec<(String, String)>,
     calls: Arc<Calls>,
+}
+
+impl FakeFleet {
+    fn known(&self) -> impl Iterator<Item = &Instance> {
+        self.instances.iter().chain(&self.elsewhere)
+    }
 }
 
 impl Fleet for FakeFleet {
     async fn group_instances(&self, group: &str, _: &Deadline) -> Result<Vec<Instance>, AwsError> {
         self.calls.push(format!("ec2:DescribeInstances {group}"));
         Ok(self.instances.clone())
+    }
+
+    async fn instance(&self, id: &str, _: &Deadline) -> Result<Option<Instance>, AwsError> {
+        self.calls.push(format!("ec2:DescribeInstances id={id}"));
+        Ok(self.known().find(|i| i.id == id).cloned())
+    }
+
+    async fn existing_instances(
+        &self,
+        ids: &[String],
+        ips: &[std::net::IpAddr],
+        _: &Deadline,
+    ) -> Result<Vec<Instance>, AwsError> {
+        let ips_text: Vec<String> = ips.iter().map(ToString::to_string).collect();
+        self.calls.push(format!(
+            "ec2:DescribeInstances existing ids={} ips={}",
+            ids.join(","),
+            ips_text.join(",")
+        ));
+        Ok(self
+            .known()
+            .filter(|i| crate::model::EXISTING_STATES.contains(&i.state.as_str()))
+            .filter(|i| ids.contains(&i.id) || i.private_ip.is_some_and(|ip| ips.contains(&ip)))
+            .cloned()
+            .collect())
+    }
+
+    async fn spot_status(
+        &self,
+        request_id: &str,
+        _: &Deadline,
+    ) -> Result<Option<crate::model::SpotStatus>, AwsError> {
+        self.calls
+            .push(format!("ec2:DescribeSpotInstanceRequests {request_id}"));
+        Ok(self
+            .spot
+            .iter()
+            .find(|(id, _)| id == request_id)
+            .map(|(_, code)| crate::model::SpotStatus { code: code.clone() }))
     }
 }
 
@@ -110,6 +161,12 @@ struct FakeMembership {
     view: Mutex<Option<ClusterView>>,
     calls: Arc<Calls>,
     refuse_removal: bool,
+    /// Another invocation holds the membership lock.
+    locked_elsewhere: bool,
+    /// Learners have caught up: a promotion succeeds.
+    learners_ready: bool,
+    /// Locks taken and not released.
+    held_locks: Mutex<usize>,
 }
 
 impl FakeMembership {
@@ -126,6 +183,33 @@ impl FakeMembership {
 }
 
 impl Membership for FakeMembership {
+    async fn lock(
+        &self,
+        _: &[Instance],
+        _: &Deadline,
+    ) -> Result<crate::model::MembershipLock, MembershipError> {
+        self.view()?;
+        self.calls.push("etcd:Lock".into());
+        if self.locked_elsewhere {
+            return Err(MembershipError::Locked {
+                name: "etcd-lifecycle-hook/membership".into(),
+                waited_ms: 4000,
+            });
+        }
+        *self.held_locks.lock().unwrap() += 1;
+        Ok(crate::model::MembershipLock {
+            key: b"lock".to_vec(),
+            lease: 7,
+            endpoints: vec![],
+        })
+    }
+
+    async fn unlock(&self, lock: crate::model::MembershipLock, _: &Deadline) {
+        assert_eq!(lock.lease, 7);
+        self.calls.push("etcd:Unlock".into());
+        *self.held_locks.lock().unwrap() -= 1;
+    }
+
     async fn cluster(&self, _: &[Instance], _: &Deadline) -> Result<ClusterView, MembershipError> {
         self.calls.push("etcd:MemberList+Status".into());
         self.view()
@@ -180,6 +264,15 @@ impl Membership for FakeMembership {
     ) -> Result<u64, MembershipError> {
         self.calls
             .push(format!("etcd:MemberAdd learner {name} {peer_url}"));
+        if let Some(v) = self.view.lock().unwrap().as_mut() {
+            v.members.push(Member {
+                id: 0xabc,
+                name: String::new(),
+                peer_urls: vec![peer_url.to_string()],
+                client_urls: vec![],
+                is_learner: true,
+            });
+        }
         Ok(0xabc)
     }
 
@@ -190,7 +283,15 @@ impl Membership for FakeMembership {
         _: &Deadline,
     ) -> Result<Promotion, MembershipError> {
         self.calls.push(format!("etcd:MemberPromote {member:x}"));
-        Ok(Promotion::NotReady)
+        if !self.learners_ready {
+            return Ok(Promotion::NotReady);
+        }
+        if let Some(v) = self.view.lock().unwrap().as_mut() {
+            for m in v.members.iter_mut().filter(|m| m.id == member) {
+                m.is_learner = false;
+            }
+        }
+        Ok(Promotion::Promoted)
     }
 }
 
@@ -198,10 +299,14 @@ type FakeHandler = Handler<FakeFleet, FakeLifecycle, FakeMembership>;
 
 struct World {
     instances: Vec<Instance>,
+    elsewhere: Vec<Instance>,
+    spot: Vec<(String, String)>,
     view: Option<ClusterView>,
     config: Config,
     group: GroupLifecycle,
     refuse_removal: bool,
+    locked_elsewhere: bool,
+    learners_ready: bool,
     open_lifecycle: Option<CircuitOpen>,
 }
 
@@ -215,11 +320,23 @@ impl World {
                 healthy: (1..=3).map(|n| member(n).id).collect(),
                 leader: Some(member(1).id),
             }),
+            elsewhere: Vec::new(),
+            spot: Vec::new(),
             config: Config::default(),
             group: GroupLifecycle::default(),
             refuse_removal: false,
+            locked_elsewhere: false,
+            learners_ready: false,
             open_lifecycle: None,
         }
+    }
+
+    /// Member `n` does not answer `Status`.
+    fn silent(mut self, n: u8) -> Self {
+        if let Some(v) = self.view.as_mut() {
+            v.healthy.retain(|&id| id != member(n).id);
+        }
+        self
     }
 
     fn build(self) -> (FakeHandler, Arc<Calls>, Arc<Mutex<Vec<String>>>) {
@@ -230,6 +347,8 @@ impl World {
             config: Arc::new(self.config),
             fleet: FakeFleet {
                 instances: self.instances,
+                elsewhere: self.elsewhere,
+                spot: self.spot,
                 calls: Arc::clone(&calls),
             },
             lifecycle: FakeLifecycle {
@@ -242,6 +361,9 @@ impl World {
                 view: Mutex::new(self.view),
                 calls: Arc::clone(&calls),
                 refuse_removal: self.refuse_removal,
+                locked_elsewhere: self.locked_elsewhere,
+                learners_ready: self.learners_ready,
+                held_locks: Mutex::new(0),
             },
             metrics: sink,
             function_name: "etcd-lifecycle-hook".into(),
@@ -298,8 +420,10 @@ async fn terminate_a_follower_removes_it_then_completes() {
         calls.all(),
         strs(&[
             "ec2:DescribeInstances etcd-asg",
+            "etcd:Lock",
             "etcd:MemberList+Status",
             "etcd:MemberRemove 3333 via leader 1111",
+            "etcd:Unlock",
             &complete_call(3),
         ])
     );
@@ -321,9 +445,11 @@ async fn terminate_the_leader_moves_leadership_first() {
         calls.all(),
         strs(&[
             "ec2:DescribeInstances etcd-asg",
+            "etcd:Lock",
             "etcd:MemberList+Status",
             "etcd:MoveLeader 2222",
             "etcd:MemberRemove 1111 via leader 2222",
+            "etcd:Unlock",
             &complete_call(1),
         ])
     );
@@ -345,13 +471,15 @@ async fn unsafe_removal_holds_with_one_heartbeat_and_nothing_else() {
         calls.all(),
         strs(&[
             "ec2:DescribeInstances etcd-asg",
+            "etcd:Lock",
             "etcd:MemberList+Status",
+            "etcd:Unlock",
             "autoscaling:RecordLifecycleActionHeartbeat etcd-asg hook token=tok-1",
         ])
     );
     let text = err.to_string();
     assert!(
-        text.starts_with("held i-0000000000000003 of etcd-asg"),
+        text.starts_with("held i-00000000000000003 of etcd-asg"),
         "{text}"
     );
     assert!(
@@ -365,32 +493,61 @@ async fn unsafe_removal_holds_with_one_heartbeat_and_nothing_else() {
     );
 }
 
+/// A Spot instance that is scaled in (no interruption) is held like any other.
 #[tokio::test]
-async fn an_unsafe_spot_interruption_completes_without_removing_or_holding() {
-    let mut world = World::three_nodes();
-    world
-        .view
-        .as_mut()
-        .unwrap()
-        .healthy
-        .retain(|&id| id != member(2).id);
+async fn a_spot_instance_scaled_in_is_held_when_unsafe() {
+    let mut world = World::three_nodes().silent(2);
     world.instances[2].spot = true;
+    world.instances[2].spot_request_id = Some("sir-3".into());
+    world.spot = vec![("sir-3".into(), "fulfilled".into())];
     let (h, calls, _) = world.build();
+    let err = h.handle(&terminate(3), minute()).await.unwrap_err();
+    assert!(matches!(err, HandlerError::Held { .. }), "{err}");
+    assert!(calls
+        .all()
+        .contains(&"ec2:DescribeSpotInstanceRequests sir-3".to_string()));
+    assert!(calls.all().iter().all(|c| !c.contains("Complete")));
+}
+
+/// A confirmed interruption cannot be held: an unsafe removal is tried again while the notice
+/// runs (within the invocation), then the action is completed with the member kept.
+#[tokio::test(start_paused = true)]
+async fn a_confirmed_spot_interruption_is_retried_then_let_go_with_its_member_kept() {
+    let mut world = World::three_nodes().silent(2);
+    world.instances[2].spot = true;
+    world.instances[2].spot_request_id = Some("sir-3".into());
+    world.spot = vec![("sir-3".into(), "marked-for-termination".into())];
+    let (h, calls, _) = world.build();
+    let started = Instant::now();
     let out = h.handle(&terminate(3), minute()).await.unwrap();
-    assert_eq!(
-        calls.all(),
-        strs(&[
-            "ec2:DescribeInstances etcd-asg",
-            "etcd:MemberList+Status",
-            &complete_call(3),
-        ])
+    let tries = calls.all().iter().filter(|c| *c == "etcd:Lock").count();
+    assert!(tries > 2, "retried: {:?}", calls.all());
+    assert!(
+        Instant::now() <= started + Duration::from_secs(58),
+        "stopped before the deadline reserve"
     );
+    assert_eq!(calls.all().last().unwrap(), &complete_call(3));
     let detail = out["results"][0]["detail"].as_str().unwrap();
     assert!(
-        detail.starts_with("spot instance, cannot be held: removing member"),
+        detail.contains("marked-for-termination") && detail.contains("member kept"),
         "{detail}"
     );
     assert_eq!(out["results"][0]["member_removed"], false);
+    assert!(calls.all().iter().all(|c| !c.contains("MemberRemove")));
+}
+
+#[tokio::test]
+async fn a_confirmed_spot_interruption_is_removed_at_once_when_safe() {
+    let mut world = World::three_nodes();
+    world.instances[2].spot = true;
+    world.instances[2].state = "shutting-down".into();
+    let (h, calls, _) = world.build();
+    let out = h.handle(&terminate(3), minute()).await.unwrap();
+    assert_eq!(out["results"][0]["member_removed"], true);
+    assert!(
+        calls.all().iter().all(|c| !c.contains("Spot")),
+        "shutting down says enough"
+    );
 }
 
 #[tokio::test]
@@ -553,22 +710,25 @@ async fn launch_removes_stale_members_one_at_a_time() {
     let mut world = World::three_nodes();
     // Instance 3 died without a hook; instance 4 is launching.
     world.instances = vec![instance(1), instance(2), instance(4)];
-    let (h, calls, _) = world.build();
+    let (h, calls, _) = world.silent(3).build();
     let out = h.handle(&launch(&instance(4).id), minute()).await.unwrap();
     assert_eq!(
         calls.all(),
         strs(&[
             "ec2:DescribeInstances etcd-asg",
+            "etcd:Lock",
             "etcd:MemberList+Status",
+            "ec2:DescribeInstances existing ids=i-00000000000000003 ips=",
             "etcd:MemberRemove 3333 via leader 1111",
             "etcd:MemberList+Status",
+            "etcd:Unlock",
             &complete_call(4),
         ])
     );
     assert!(out["results"][0]["detail"]
         .as_str()
         .unwrap()
-        .contains("stale member i-0000000000000003"));
+        .contains("stale member i-00000000000000003"));
 }
 
 #[tokio::test]
@@ -582,7 +742,7 @@ async fn launch_adds_a_learner_when_asked() {
     h.handle(&launch(&instance(4).id), minute()).await.unwrap();
     assert!(calls
         .all()
-        .contains(&"etcd:MemberAdd learner i-0000000000000004 https://10.0.0.4:2380".to_string()));
+        .contains(&"etcd:MemberAdd learner i-00000000000000004 https://10.0.0.4:2380".to_string()));
 }
 
 #[tokio::test]
@@ -594,12 +754,15 @@ async fn no_learner_while_another_catches_up() {
     world.view.as_mut().unwrap().members.push(learner);
     world.config.etcd_add_learner_on_launch = true;
     let (h, calls, _) = world.build();
-    let out = h.handle(&launch(&instance(4).id), minute()).await.unwrap();
+    let err = h
+        .handle(&launch(&instance(4).id), minute())
+        .await
+        .unwrap_err();
     assert!(calls.all().iter().all(|c| !c.contains("MemberAdd")));
-    assert!(out["results"][0]["detail"]
-        .as_str()
-        .unwrap()
-        .contains("another learner"));
+    assert!(matches!(err, HandlerError::Held { .. }), "{err}");
+    assert!(err.to_string().contains("another learner"), "{err}");
+    assert!(calls.all().iter().any(|c| c.contains("Heartbeat")));
+    assert!(calls.all().iter().all(|c| !c.contains("Complete")));
 }
 
 #[tokio::test]
@@ -625,17 +788,23 @@ async fn unreachable_etcd_on_launch_means_bootstrap() {
     world.view = None;
     let (h, calls, _) = world.build();
     let out = h
-        .handle(&launch("i-0000000000000009"), minute())
+        .handle(&launch("i-00000000000000009"), minute())
         .await
         .unwrap();
     assert_eq!(out["results"][0]["result"], "CONTINUE");
-    assert_eq!(calls.all().len(), 3);
+    assert_eq!(
+        calls.all(),
+        strs(&[
+            "ec2:DescribeInstances etcd-asg",
+            "autoscaling:CompleteLifecycleAction etcd-asg hook token=tok-1 CONTINUE"
+        ])
+    );
 }
 
 #[tokio::test]
 async fn warm_pool_launch_only_completes() {
     let (h, calls, _) = World::three_nodes().build();
-    let mut event = launch("i-0000000000000009");
+    let mut event = launch("i-00000000000000009");
     event["detail"]["Destination"] = json!("WarmPool");
     h.handle(&event, minute()).await.unwrap();
     assert_eq!(
@@ -658,6 +827,7 @@ async fn sweep_finishes_an_instance_left_in_terminating_wait() {
             lifecycle_state: "Terminating:Wait".into(),
         }],
         retained: vec![],
+        in_service: vec![],
     };
     let (h, calls, _) = world.build();
     let sweep = json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}});
@@ -668,7 +838,7 @@ async fn sweep_finishes_an_instance_left_in_terminating_wait() {
         "{calls:?}"
     );
     assert!(calls.contains(
-        &"autoscaling:CompleteLifecycleAction etcd-asg etcd-terminate instance=i-0000000000000003 CONTINUE".to_string()
+        &"autoscaling:CompleteLifecycleAction etcd-asg etcd-terminate instance=i-00000000000000003 CONTINUE".to_string()
     ));
     assert_eq!(out["results"][0]["action"], "completed");
 }
@@ -694,9 +864,12 @@ async fn sweep_holds_what_is_unsafe_and_answers_an_error() {
     let (h, calls, _) = world.build();
     let sweep = json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}});
     let err = h.handle(&sweep, minute()).await.unwrap_err();
-    assert!(err.to_string().contains("held i-0000000000000003"), "{err}");
+    assert!(
+        err.to_string().contains("held i-00000000000000003"),
+        "{err}"
+    );
     assert!(calls.all().contains(
-        &"autoscaling:RecordLifecycleActionHeartbeat etcd-asg etcd-terminate instance=i-0000000000000003".to_string()
+        &"autoscaling:RecordLifecycleActionHeartbeat etcd-asg etcd-terminate instance=i-00000000000000003".to_string()
     ));
 }
 
@@ -908,5 +1081,251 @@ mod bad_input {
                 prop_assert!(matches!(answer, Err(HandlerError::BadInput(_))));
             }
         }
+    }
+}
+
+mod layouts {
+    //! The layouts operators run: several groups, hooks of other tools, a voter floor, learners
+    //! over an instance refresh, concurrent invocations.
+    use super::*;
+
+    fn sweep_event() -> Value {
+        json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}})
+    }
+
+    fn held_locks(h: &FakeHandler) -> usize {
+        *h.membership.held_locks.lock().unwrap()
+    }
+
+    #[tokio::test]
+    async fn another_tools_hook_is_acknowledged_and_left_alone() {
+        let mut world = World::three_nodes();
+        world.config.lifecycle_hook_names = vec!["etcd-terminate".into()];
+        let (h, calls, _) = world.build();
+        // `terminate` names the hook "hook": not ours.
+        let out = h.handle(&terminate(3), minute()).await.unwrap();
+        assert!(calls.all().is_empty(), "{:?}", calls.all());
+        let r = &out["results"][0];
+        assert_eq!(r["action"], "skipped");
+        assert!(r["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not in LIFECYCLE_HOOK_NAMES"));
+    }
+
+    #[tokio::test]
+    async fn the_sweep_acts_on_each_of_our_hooks_of_the_transition() {
+        let mut world = World::three_nodes();
+        world.config.asg_names = vec![GROUP.into()];
+        world.group.hooks = ["etcd-terminate", "etcd-terminate-2"]
+            .map(|name| Hook {
+                name: name.into(),
+                transition: Transition::Terminating,
+            })
+            .into_iter()
+            .chain([Hook {
+                name: "etcd-launch".into(),
+                transition: Transition::Launching,
+            }])
+            .collect();
+        world.group.waiting = vec![WaitingInstance {
+            instance_id: instance(3).id,
+            lifecycle_state: "Terminating:Wait".into(),
+        }];
+        let (h, calls, _) = world.build();
+        h.handle(&sweep_event(), minute()).await.unwrap();
+        let completions: Vec<String> = calls
+            .all()
+            .into_iter()
+            .filter(|c| c.contains("CompleteLifecycleAction"))
+            .collect();
+        assert_eq!(
+            completions,
+            strs(&[
+                "autoscaling:CompleteLifecycleAction etcd-asg etcd-terminate instance=i-00000000000000003 CONTINUE",
+                "autoscaling:CompleteLifecycleAction etcd-asg etcd-terminate-2 instance=i-00000000000000003 CONTINUE",
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_member_that_answers_is_never_stale_whatever_its_group() {
+        // Member 3 answers but has no instance in this group (its instance is in another
+        // zone's group, or is no EC2 instance at all).
+        let mut world = World::three_nodes();
+        world.config.asg_names = vec![GROUP.into()];
+        world.instances = vec![instance(1), instance(2)];
+        let (h, calls, _) = world.build();
+        let out = h.handle(&sweep_event(), minute()).await.unwrap();
+        assert!(calls.all().iter().all(|c| !c.contains("MemberRemove")));
+        assert!(
+            calls.all().iter().all(|c| !c.contains("existing")),
+            "no silent member: no EC2 lookup"
+        );
+        assert_eq!(out["results"][0]["detail"], "membership matches the group");
+    }
+
+    #[tokio::test]
+    async fn a_silent_member_whose_instance_still_exists_elsewhere_is_kept() {
+        let mut world = World::three_nodes().silent(3);
+        world.config.asg_names = vec![GROUP.into()];
+        let mut stopped = instance(3);
+        stopped.state = "stopped".into();
+        world.instances = vec![instance(1), instance(2)];
+        world.elsewhere = vec![stopped];
+        let (h, calls, _) = world.build();
+        h.handle(&sweep_event(), minute()).await.unwrap();
+        assert!(
+            calls
+                .all()
+                .contains(&"ec2:DescribeInstances existing ids=i-00000000000000003 ips=".into()),
+            "{:?}",
+            calls.all()
+        );
+        assert!(calls.all().iter().all(|c| !c.contains("MemberRemove")));
+        assert_eq!(held_locks(&h), 0);
+    }
+
+    #[tokio::test]
+    async fn two_voters_are_never_shrunk_to_one_by_default() {
+        let mut world = World::three_nodes();
+        world.instances.truncate(2);
+        world.view.as_mut().unwrap().members.truncate(2);
+        world.view.as_mut().unwrap().healthy.truncate(2);
+        let (h, calls, _) = world.build();
+        let err = h.handle(&terminate(2), minute()).await.unwrap_err();
+        assert!(matches!(err, HandlerError::Held { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("would leave too few voters")
+                && text.contains("fewer than ETCD_MIN_VOTERS=2"),
+            "{text}"
+        );
+        assert!(calls.all().iter().all(|c| !c.contains("MemberRemove")));
+
+        let mut world = World::three_nodes();
+        world.instances.truncate(2);
+        world.view.as_mut().unwrap().members.truncate(2);
+        world.view.as_mut().unwrap().healthy.truncate(2);
+        world.config.etcd_min_voters = 1;
+        let (h, _, _) = world.build();
+        let out = h.handle(&terminate(2), minute()).await.unwrap();
+        assert_eq!(out["results"][0]["member_removed"], true);
+    }
+
+    #[tokio::test]
+    async fn a_lock_held_by_another_invocation_is_a_hold() {
+        let mut world = World::three_nodes();
+        world.locked_elsewhere = true;
+        let (h, calls, _) = world.build();
+        let err = h.handle(&terminate(3), minute()).await.unwrap_err();
+        assert!(matches!(err, HandlerError::Held { .. }), "{err}");
+        assert!(err.to_string().contains("membership lock"), "{err}");
+        assert_eq!(
+            calls.all(),
+            strs(&[
+                "ec2:DescribeInstances etcd-asg",
+                "etcd:Lock",
+                "autoscaling:RecordLifecycleActionHeartbeat etcd-asg hook token=tok-1",
+            ]),
+            "the lock refused: nothing read, nothing changed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lock_held_elsewhere_holds_a_launch_too() {
+        let mut world = World::three_nodes();
+        world.instances.push(instance(4));
+        world.locked_elsewhere = true;
+        let (h, _, _) = world.build();
+        let err = h
+            .handle(&launch(&instance(4).id), minute())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("membership lock"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_terminate_promotes_caught_up_learners_before_its_quorum_check() {
+        // Two voters and a caught-up learner: without the promotion, removing a voter would
+        // leave one.
+        let mut world = World::three_nodes();
+        world.view.as_mut().unwrap().members[2].is_learner = true;
+        world.learners_ready = true;
+        let (h, calls, _) = world.build();
+        let out = h.handle(&terminate(2), minute()).await.unwrap();
+        assert_eq!(
+            calls.all(),
+            strs(&[
+                "ec2:DescribeInstances etcd-asg",
+                "etcd:Lock",
+                "etcd:MemberList+Status",
+                "etcd:MemberPromote 3333",
+                "etcd:MemberList+Status",
+                "etcd:MemberRemove 2222 via leader 1111",
+                "etcd:Unlock",
+                &complete_call(2),
+            ])
+        );
+        let detail = out["results"][0]["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("learner i-00000000000000003 promoted"),
+            "{detail}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_launch_with_a_stale_member_left_is_held_not_let_in_without_its_member() {
+        // Member 3 is silent and its instance gone, but removing it is unsafe (2 is down too).
+        let mut world = World::three_nodes().silent(2).silent(3);
+        world.instances = vec![instance(1), instance(2), instance(4)];
+        world.config.etcd_add_learner_on_launch = true;
+        let (h, calls, _) = world.build();
+        let err = h
+            .handle(&launch(&instance(4).id), minute())
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("stale member"), "{text}");
+        assert!(calls.all().iter().all(|c| !c.contains("MemberAdd")));
+        assert!(calls.all().iter().all(|c| !c.contains("Complete")));
+        assert_eq!(held_locks(&h), 0);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_adds_a_learner_for_an_in_service_instance_without_a_member() {
+        let mut world = World::three_nodes();
+        world.config.asg_names = vec![GROUP.into()];
+        world.config.etcd_add_learner_on_launch = true;
+        world.instances.push(instance(4));
+        world.group.in_service = (1..=4).map(|n| instance(n).id).collect();
+        let (h, calls, _) = world.build();
+        let out = h.handle(&sweep_event(), minute()).await.unwrap();
+        assert!(calls
+            .all()
+            .contains(&"etcd:MemberAdd learner i-00000000000000004 https://10.0.0.4:2380".into()));
+        let detail = out["results"][0]["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("i-00000000000000004 has no member: added as learner"),
+            "{detail}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_terminating_instance_the_group_no_longer_lists_is_looked_up_by_id() {
+        let mut world = World::three_nodes();
+        let mut stopped = instance(3);
+        stopped.state = "stopped".into();
+        stopped.private_dns = None;
+        world.instances.truncate(2);
+        world.elsewhere = vec![stopped];
+        // Its member is named for its IP under a custom DHCP domain.
+        world.view.as_mut().unwrap().members[2].name = "ip-10-0-0-3.corp.example".into();
+        let (h, calls, _) = world.build();
+        let out = h.handle(&terminate(3), minute()).await.unwrap();
+        assert!(calls
+            .all()
+            .contains(&"ec2:DescribeInstances id=i-00000000000000003".into()));
+        assert_eq!(out["results"][0]["member_removed"], true);
     }
 }

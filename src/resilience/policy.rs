@@ -12,6 +12,18 @@ use super::backoff::{Backoff, Jitter};
 /// Time kept after the finishing call to post the invocation's answer to the Runtime API.
 pub const ANSWER_MARGIN: Duration = Duration::from_millis(200);
 
+/// How long an invocation waits for the membership lock while another invocation's change is
+/// under way (a removal with a leader move takes one to two seconds) before it holds. Short, so
+/// a held invocation leaves time to heartbeat; shorter than one etcd request's timeout, so the
+/// wait is ours and not the transport's.
+pub const LOCK_WAIT: Duration = Duration::from_secs(4);
+
+/// A confirmed Spot interruption takes the instance this long after the notice, whatever the
+/// hook says: the window in which an unsafe removal is tried again.
+pub const SPOT_NOTICE: Duration = Duration::from_secs(120);
+/// Pause between two tries of the removal of an interrupted Spot instance's member.
+pub const SPOT_RETRY_PAUSE: Duration = Duration::from_secs(5);
+
 /// The invocation's time budget: the Lambda deadline and the part of it kept back for the final
 /// heartbeat or completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +62,18 @@ impl Deadline {
     /// Time left before the hard deadline.
     pub fn remaining(&self, now: Instant) -> Duration {
         self.at.saturating_duration_since(now)
+    }
+
+    /// How long to wait for the membership lock from `now`: [`LOCK_WAIT`], cut where the work
+    /// window ends.
+    pub fn lock_wait(&self, now: Instant) -> Duration {
+        LOCK_WAIT.min(self.work_until().saturating_duration_since(now))
+    }
+
+    /// The time to live, in whole seconds, of a lease taken at `now`: never longer than the
+    /// invocation has left, so a lock held by a function that dies ends with its deadline.
+    pub fn lease_ttl_secs(&self, now: Instant) -> i64 {
+        i64::try_from(self.remaining(now).as_secs()).unwrap_or(i64::MAX)
     }
 
     /// Whether the time left is already inside the reserve: only the finishing call may run.
@@ -135,6 +159,23 @@ mod tests {
             now + Duration::from_secs(10) - ANSWER_MARGIN
         );
         assert!(!finishing.in_reserve(now + Duration::from_secs(9)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lock_is_waited_for_briefly_and_leased_no_longer_than_the_invocation() {
+        let now = Instant::now();
+        let deadline = Deadline::new(now + Duration::from_millis(30_900), Duration::from_secs(2));
+        assert_eq!(deadline.lock_wait(now), LOCK_WAIT);
+        assert_eq!(
+            deadline.lease_ttl_secs(now),
+            30,
+            "rounded down, never past the deadline"
+        );
+        let late = now + Duration::from_millis(27_000);
+        assert_eq!(deadline.lock_wait(late), Duration::from_millis(1_900));
+        let inside = now + Duration::from_secs(29);
+        assert_eq!(deadline.lock_wait(inside), Duration::ZERO);
+        assert_eq!(deadline.lease_ttl_secs(now + Duration::from_secs(40)), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -165,6 +165,7 @@ impl EtcdCluster {
                 private_dns: None,
                 state: "running".to_string(),
                 spot: false,
+                spot_request_id: None,
             })
             .collect()
     }

@@ -1,0 +1,207 @@
+//! Terminate: find the instance's member, check quorum and the voter floor, move leadership
+//! away, remove the member, then complete. Held when unsafe; a confirmed Spot interruption,
+//! which no hold can stop, is tried again within its notice and then let go.
+
+use tokio::time::Instant;
+
+use super::{aws_cause, display_name, etcd_cause, Handler, InstanceResult, RemovalOutcome, Target};
+use crate::membership::find_member;
+use crate::metrics::InvocationMetrics;
+use crate::model::{Fleet, Instance, Lifecycle, Member, Membership};
+use crate::resilience::policy::{Deadline, SPOT_NOTICE, SPOT_RETRY_PAUSE};
+use crate::resilience::Dependency;
+
+/// What the terminate decided under the membership lock.
+enum Decision {
+    /// The cluster has no member for the instance.
+    NoMember { notes: Vec<String> },
+    Tried {
+        member: Member,
+        outcome: RemovalOutcome,
+        notes: Vec<String>,
+    },
+    /// The lock could not be taken or the view could not be read.
+    CannotDecide(RemovalOutcome),
+}
+
+impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
+    pub(super) async fn terminate(
+        &self,
+        target: &Target<'_>,
+        metrics: &mut InvocationMetrics,
+    ) -> InstanceResult {
+        let (mut result, instances) = match self
+            .start_flow(
+                target,
+                &[Dependency::Autoscaling, Dependency::Ec2, Dependency::Etcd],
+                "change membership",
+                metrics,
+            )
+            .await
+        {
+            Ok(started) => started,
+            Err(done) => return done,
+        };
+        let instance = match self.terminating_instance(target, &instances).await {
+            Ok(instance) => instance,
+            Err(reason) => {
+                let reason = format!("cannot look up the terminating instance: {reason}");
+                return self.hold(target, result, reason, None, metrics).await;
+            }
+        };
+        let interrupted = self.spot_interruption(&instance, target.deadline).await;
+        let started = Instant::now();
+        loop {
+            let decision = self
+                .decide_removal(&instances, &instance, target.deadline, metrics)
+                .await;
+            let (notes, member, outcome) = match decision {
+                Decision::NoMember { mut notes } => {
+                    notes.push("no etcd member for this instance: already removed".into());
+                    result.detail = notes.join("; ");
+                    return self.complete(target, result, metrics).await;
+                }
+                Decision::Tried {
+                    member,
+                    outcome,
+                    notes,
+                } => (notes, Some(member), outcome),
+                Decision::CannotDecide(outcome) => (Vec::new(), None, outcome),
+            };
+            let name = member.as_ref().map(display_name).unwrap_or_default();
+            let id = member.as_ref().map_or(0, |m| m.id);
+            let mut detail = notes;
+            match outcome {
+                RemovalOutcome::Removed { leader_moved } => {
+                    result.member_removed = true;
+                    result.leader_moved = leader_moved;
+                    let moved = if leader_moved {
+                        " after moving leadership away"
+                    } else {
+                        ""
+                    };
+                    detail.push(format!("member {name} ({id:x}) removed{moved}"));
+                }
+                RemovalOutcome::AlreadyGone => {
+                    detail.push(format!("member {name} ({id:x}) was already removed"));
+                }
+                RemovalOutcome::Unsafe { reason, error } => {
+                    let Some(interruption) = &interrupted else {
+                        return self.hold(target, result, reason, error, metrics).await;
+                    };
+                    // No hold can keep an interrupted Spot instance: try again while its
+                    // notice runs, then let it go with its member kept (never knowingly
+                    // breaking quorum); the stale-member cleanup removes the member once its
+                    // machine is gone and the removal is safe.
+                    let next = Instant::now() + SPOT_RETRY_PAUSE;
+                    if next < started + SPOT_NOTICE && next < target.deadline.work_until() {
+                        tracing::warn!(instance_id = %target.instance_id, %reason, "spot interruption: removal not safe yet, trying again");
+                        tokio::time::sleep(SPOT_RETRY_PAUSE).await;
+                        continue;
+                    }
+                    detail.push(format!(
+                        "{interruption}: it cannot be held; member kept: {reason}; the stale-member cleanup removes it once its machine is gone and that is safe"
+                    ));
+                }
+            }
+            result.detail = detail.join("; ");
+            return self.complete(target, result, metrics).await;
+        }
+    }
+
+    /// The terminating instance: from the group's listing, or else by ID in any state (a
+    /// stopped instance being replaced, one whose group tag is gone). EC2 no longer knowing it
+    /// leaves its ID only: its member is then found by name.
+    async fn terminating_instance(
+        &self,
+        target: &Target<'_>,
+        instances: &[Instance],
+    ) -> Result<Instance, String> {
+        if let Some(found) = instances.iter().find(|i| i.id == target.instance_id) {
+            return Ok(found.clone());
+        }
+        match self
+            .fleet
+            .instance(&target.instance_id, target.deadline)
+            .await
+        {
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => Ok(Instance {
+                id: target.instance_id.clone(),
+                private_ip: None,
+                private_dns: None,
+                state: String::new(),
+                spot: false,
+                spot_request_id: None,
+            }),
+            Err(e) => Err(aws_cause(&e).0),
+        }
+    }
+
+    /// `Some(what was seen)` when `instance` is a Spot instance being interrupted: its request
+    /// is `marked-for-termination`, or it is already shutting down. A Spot instance scaled in,
+    /// refreshed or rebalanced is not: it is held like any other. When EC2 cannot tell, it is
+    /// not confirmed.
+    async fn spot_interruption(&self, instance: &Instance, deadline: &Deadline) -> Option<String> {
+        if !instance.spot {
+            return None;
+        }
+        if matches!(instance.state.as_str(), "shutting-down" | "terminated") {
+            return Some(format!(
+                "spot instance already {} (interrupted)",
+                instance.state
+            ));
+        }
+        let request = instance.spot_request_id.as_deref()?;
+        match self.fleet.spot_status(request, deadline).await {
+            Ok(Some(status)) if status.code == "marked-for-termination" => Some(format!(
+                "spot interruption confirmed (request {request} is marked-for-termination)"
+            )),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(instance_id = %instance.id, error = %e, "cannot read the spot request's status: not treated as an interruption");
+                None
+            }
+        }
+    }
+
+    /// Under the membership lock: read the view, promote caught-up learners (so a refresh does
+    /// not count them out), find the member and try its removal.
+    async fn decide_removal(
+        &self,
+        instances: &[Instance],
+        instance: &Instance,
+        deadline: &Deadline,
+        metrics: &mut InvocationMetrics,
+    ) -> Decision {
+        let lock = match self.membership.lock(instances, deadline).await {
+            Ok(lock) => lock,
+            Err(e) => {
+                let (reason, error) = etcd_cause(&e);
+                return Decision::CannotDecide(RemovalOutcome::Unsafe {
+                    reason: format!("cannot take the membership lock: {reason}"),
+                    error,
+                });
+            }
+        };
+        let decision = match self.view_with_promotions(instances, deadline).await {
+            Err(e) => {
+                let (reason, error) = etcd_cause(&e);
+                Decision::CannotDecide(RemovalOutcome::Unsafe {
+                    reason: format!("cannot read etcd membership to check quorum: {reason}"),
+                    error,
+                })
+            }
+            Ok((view, notes)) => match find_member(&view, instance).cloned() {
+                None => Decision::NoMember { notes },
+                Some(member) => Decision::Tried {
+                    outcome: self.remove_member(&view, &member, deadline, metrics).await,
+                    member,
+                    notes,
+                },
+            },
+        };
+        self.membership.unlock(lock, deadline).await;
+        decision
+    }
+}
