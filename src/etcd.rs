@@ -209,9 +209,12 @@ impl EtcdMembership {
     }
 
     async fn connect(&self, url: &str, left: Duration) -> Result<Client, etcd_client::Error> {
+        // A member without a leader answers "no leader" at once instead of letting a write wait
+        // for a quorum that is not there (and its Status then says it is not serving).
         let mut options = ConnectOptions::new()
             .with_connect_timeout(DIAL_TIMEOUT.min(left))
-            .with_timeout(REQUEST_TIMEOUT.min(left));
+            .with_timeout(REQUEST_TIMEOUT.min(left))
+            .with_require_leader(true);
         if url.starts_with("https://") {
             options = options.with_tls(self.tls.clone());
         }
@@ -330,6 +333,12 @@ impl EtcdMembership {
                     tracing::debug!(operation, %detail, "etcd refused the change for now; trying again shortly");
                     tokio::time::sleep(REFUSAL_PAUSE).await;
                 }
+                Err(MembershipError::NoLeader { detail })
+                    if Instant::now() + REFUSAL_PAUSE < wait_until =>
+                {
+                    tracing::debug!(operation, %detail, "etcd has no leader (an election); trying again shortly");
+                    tokio::time::sleep(REFUSAL_PAUSE).await;
+                }
                 other => return other,
             }
         }
@@ -443,6 +452,7 @@ impl EtcdMembership {
                 detail: format!("{detail}{tries}"),
             },
             Failure::Refused { detail } => MembershipError::Refused { detail },
+            Failure::NoLeader { detail } => MembershipError::NoLeader { detail },
             Failure::Locked { waited } => MembershipError::Locked {
                 name: LOCK_NAME.to_string(),
                 waited_ms: waited.as_millis(),
@@ -504,9 +514,21 @@ impl Membership for EtcdMembership {
                 _ => Err(OpError::Locked(wait)),
             }
         };
-        let (key, lease) = self
-            .run("take the membership lock", &urls, deadline, &op)
-            .await?;
+        let wait_until = (Instant::now() + REFUSAL_WAIT).min(deadline.work_until());
+        let (key, lease) = loop {
+            match self
+                .run("take the membership lock", &urls, deadline, &op)
+                .await
+            {
+                Err(MembershipError::NoLeader { detail })
+                    if Instant::now() + REFUSAL_PAUSE < wait_until =>
+                {
+                    tracing::debug!(%detail, "etcd has no leader (an election); asking for the lock again shortly");
+                    tokio::time::sleep(REFUSAL_PAUSE).await;
+                }
+                other => break other?,
+            }
+        };
         tracing::debug!(lease, ttl, "took the membership lock");
         Ok(MembershipLock {
             key,
@@ -790,8 +812,10 @@ enum Miss {
     Tls(String),
     /// It answered from a view that is out of date.
     Stale(String),
-    /// etcd answered with a transient error (no leader, leader changed, timed out).
+    /// etcd answered with a transient error (leader changed, timed out).
     Busy(String),
+    /// The member has no leader: an election, or it is cut off from a quorum.
+    NoLeader(String),
     /// No client could be built for it (a malformed URL).
     Unusable(String),
     /// An answer that ends the call.
@@ -805,6 +829,9 @@ enum Failure {
     Unreachable { endpoints: String, detail: String },
     /// etcd answered with transient errors only. Transient.
     Busy { detail: String },
+    /// The members that answered have no leader. An answer about the cluster (no quorum, or an
+    /// election under way), not a failure of it as a dependency: not counted.
+    NoLeader { detail: String },
     /// The strict reconfig check refused the change. An answer: not counted.
     Refused { detail: String },
     /// Another invocation held the membership lock for the whole wait. An answer: not counted.
@@ -836,7 +863,12 @@ fn summarize(urls: &[String], misses: Vec<(String, Miss)>) -> Failure {
     let detail = misses
         .iter()
         .map(|(url, miss)| match miss {
-            Miss::Silent(d) | Miss::Tls(d) | Miss::Stale(d) | Miss::Busy(d) | Miss::Unusable(d) => {
+            Miss::Silent(d)
+            | Miss::Tls(d)
+            | Miss::Stale(d)
+            | Miss::Busy(d)
+            | Miss::NoLeader(d)
+            | Miss::Unusable(d) => {
                 format!("{url}: {d}")
             }
             Miss::Final(f) => format!("{url}: {f:?}"),
@@ -846,6 +878,8 @@ fn summarize(urls: &[String], misses: Vec<(String, Miss)>) -> Failure {
     let any = |pred: fn(&Miss) -> bool| misses.iter().any(|(_, m)| pred(m));
     if any(|m| matches!(m, Miss::Busy(_))) {
         Failure::Busy { detail }
+    } else if any(|m| matches!(m, Miss::NoLeader(_))) {
+        Failure::NoLeader { detail }
     } else if any(|m| matches!(m, Miss::Tls(_))) {
         Failure::Tls { detail }
     } else if any(|m| matches!(m, Miss::Silent(_) | Miss::Stale(_))) {
@@ -872,6 +906,9 @@ fn sort_error(url: &str, e: &etcd_client::Error) -> Miss {
         } else {
             Miss::Silent(detail)
         };
+    }
+    if grpc_message(e).contains("no leader") {
+        return Miss::NoLeader(detail);
     }
     match e.class() {
         Class::Transient => Miss::Busy(detail),

@@ -256,6 +256,10 @@ pub enum MembershipError {
     /// etcd's strict reconfig check refused a membership change: unsafe now, hold and retry later.
     #[error("etcd refused the membership change as unsafe now: {detail}")]
     Refused { detail: String },
+    /// The members that answered have no leader: the cluster has lost quorum, or is electing a
+    /// leader. Nothing can change until it has one: hold.
+    #[error("etcd has no leader (quorum lost, or an election under way): {detail}; nothing can change until a majority of the voting members run and elect one")]
+    NoLeader { detail: String },
     /// Another invocation holds the membership lock: its change may alter the view this one
     /// would decide on, so this one holds and comes back.
     #[error("the membership lock ({name}) is held by another invocation and was not free within {waited_ms} ms; another membership change is under way")]

@@ -478,3 +478,37 @@ async fn a_lock_left_behind_ends_with_the_invocation_that_took_it() {
     );
     next.unlock(taken, &deadline()).await;
 }
+
+/// A cluster that lost quorum answers "no leader" at once (the function asks with etcd's
+/// require-leader option): the lock is refused quickly, as an answer about the cluster, and
+/// etcd's breaker does not count it.
+#[tokio::test]
+async fn a_cluster_without_quorum_refuses_the_lock_at_once_and_opens_no_circuit() {
+    let mut cluster = EtcdCluster::start(150, 3).await;
+    let (etcd, resilience) = membership(&cluster);
+    let peers = cluster.instances();
+    let first = cluster.name(1).to_string();
+    cluster.stop(2).await;
+    cluster.stop(3).await;
+    // The survivor notices after its election timeout (1 s) and then has no leader.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for _ in 0..6 {
+        let asked = Instant::now();
+        let refused = etcd.lock(&peers, &deadline()).await;
+        assert!(
+            matches!(&refused, Err(MembershipError::NoLeader { .. })),
+            "lock without quorum: {refused:?}"
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(12),
+            "{:?}",
+            asked.elapsed()
+        );
+    }
+    assert_breaker_closed(&resilience);
+    let view = etcd.cluster(&peers, &deadline()).await;
+    assert!(
+        view.is_err() || view.as_ref().is_ok_and(|v| v.healthy.is_empty()),
+        "{first} alone serves no quorum: {view:?}"
+    );
+}

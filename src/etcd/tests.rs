@@ -192,6 +192,8 @@ fn etcd_errors_are_sorted_into_move_on_or_stop() {
 
     let busy = sorted(status(Code::Unavailable, "etcdserver: leader changed"));
     assert!(matches!(busy, Miss::Busy(_)), "{busy:?}");
+    let leaderless = sorted(status(Code::Unavailable, "etcdserver: no leader"));
+    assert!(matches!(leaderless, Miss::NoLeader(_)), "{leaderless:?}");
     let silent = sorted(status(Code::Unavailable, "tcp connect error"));
     assert!(matches!(silent, Miss::Silent(_)), "{silent:?}");
     let timeout = sorted(status(Code::Cancelled, "Timeout expired"));
@@ -256,9 +258,15 @@ fn a_pass_with_no_answer_is_summarized_by_its_most_telling_miss() {
     );
     assert_eq!(failure.class(), Class::Transient);
 
-    let failure = summary(vec![silent(), Miss::Busy("no leader".into())]);
+    let failure = summary(vec![silent(), Miss::Busy("leader changed".into())]);
     assert!(matches!(failure, Failure::Busy { .. }), "{failure:?}");
     assert_eq!(failure.class(), Class::Transient);
+
+    // One member gone, the other has no leader: the cluster has no quorum. That is an answer
+    // about the cluster, not a failure of etcd as a dependency.
+    let failure = summary(vec![silent(), Miss::NoLeader("no leader".into())]);
+    assert!(matches!(failure, Failure::NoLeader { .. }), "{failure:?}");
+    assert_eq!(failure.class(), Class::Permanent);
 
     // One member gone, the others turn the certificate down: a configuration problem.
     let failure = summary(vec![silent(), Miss::Tls("UnknownIssuer".into())]);
