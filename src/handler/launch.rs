@@ -66,7 +66,6 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         instances: &[Instance],
         metrics: &mut InvocationMetrics,
     ) -> Ending {
-        let learners = self.config.etcd_add_learner_on_launch;
         let newcomer = instances.iter().find(|i| i.id == target.instance_id);
         let has_peer = !self.config.etcd_endpoints.is_empty()
             || instances
@@ -75,17 +74,8 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         if !has_peer {
             return complete_with("no etcd peer: the cluster is being bootstrapped");
         }
-        // Without learners nothing here is owed to the newcomer: what cannot be done now is the
-        // sweep's. With learners, the newcomer must not be let in without its member.
-        let cannot = |reason: String, error| {
-            if learners {
-                Ending::Hold { reason, error }
-            } else {
-                complete_with(&format!("membership left as is: {reason}"))
-            }
-        };
         if let Err(open) = self.resilience.ensure_closed(&[Dependency::Etcd]) {
-            return cannot(open.to_string(), Some(open.into()));
+            return self.cannot(open.to_string(), Some(open.into()));
         }
         let lock = match self.membership.lock(instances, target.deadline).await {
             Ok(lock) => lock,
@@ -100,13 +90,38 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             }
             Err(e) => {
                 let (reason, error) = etcd_cause(&e);
-                return cannot(format!("cannot take the membership lock: {reason}"), error);
+                return self.cannot(format!("cannot take the membership lock: {reason}"), error);
             }
         };
-        let ending = match self.view_with_promotions(instances, target.deadline).await {
+        let ending = self.under_lock(target, instances, newcomer, metrics).await;
+        self.membership.unlock(lock, target.deadline).await;
+        ending
+    }
+
+    /// What a launch does when membership cannot be worked on now. Without learners nothing here
+    /// is owed to the newcomer: what cannot be done now is the sweep's. With learners, the
+    /// newcomer must not be let in without its member.
+    fn cannot(&self, reason: String, error: Option<super::HandlerError>) -> Ending {
+        if self.config.etcd_add_learner_on_launch {
+            Ending::Hold { reason, error }
+        } else {
+            complete_with(&format!("membership left as is: {reason}"))
+        }
+    }
+
+    /// The launch's membership work, under the lock: promotions, stale members, the learner.
+    async fn under_lock(
+        &self,
+        target: &Target<'_>,
+        instances: &[Instance],
+        newcomer: Option<&Instance>,
+        metrics: &mut InvocationMetrics,
+    ) -> Ending {
+        let learners = self.config.etcd_add_learner_on_launch;
+        match self.view_with_promotions(instances, target.deadline).await {
             Err(e) => {
                 let (reason, error) = etcd_cause(&e);
-                cannot(format!("cannot read etcd membership: {reason}"), error)
+                self.cannot(format!("cannot read etcd membership: {reason}"), error)
             }
             Ok((view, mut notes)) => {
                 let cleanup = self
@@ -142,9 +157,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                     }
                 }
             }
-        };
-        self.membership.unlock(lock, target.deadline).await;
-        ending
+        }
     }
 }
 

@@ -4,24 +4,29 @@
 
 use tokio::time::Instant;
 
-use super::{aws_cause, display_name, etcd_cause, Handler, InstanceResult, RemovalOutcome, Target};
+use super::{
+    aws_cause, display_name, etcd_cause, Handler, HandlerError, InstanceResult, RemovalOutcome,
+    Target,
+};
 use crate::membership::find_member;
 use crate::metrics::InvocationMetrics;
-use crate::model::{Fleet, Instance, Lifecycle, Member, Membership};
+use crate::model::{Fleet, Instance, Lifecycle, Member, Membership, MembershipError};
 use crate::resilience::policy::{Deadline, SPOT_NOTICE, SPOT_RETRY_PAUSE};
 use crate::resilience::Dependency;
 
-/// What the terminate decided under the membership lock.
+/// What the terminate decided under the membership lock, with the notes that explain it.
 enum Decision {
-    /// The cluster has no member for the instance.
-    NoMember { notes: Vec<String> },
-    Tried {
-        member: Member,
-        outcome: RemovalOutcome,
-        notes: Vec<String>,
+    /// Nothing is left to hold for: removed now, removed before, or no member at all.
+    Done {
+        note: String,
+        removed: bool,
+        leader_moved: bool,
     },
-    /// The lock could not be taken or the view could not be read.
-    CannotDecide(RemovalOutcome),
+    /// Not safe now (or not decidable: the lock or the view could not be had).
+    Unsafe {
+        reason: String,
+        error: Option<HandlerError>,
+    },
 }
 
 impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
@@ -52,40 +57,20 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         let interrupted = self.spot_interruption(&instance, target.deadline).await;
         let started = Instant::now();
         loop {
-            let decision = self
+            let (mut notes, decision) = self
                 .decide_removal(&instances, &instance, target.deadline, metrics)
                 .await;
-            let (notes, member, outcome) = match decision {
-                Decision::NoMember { mut notes } => {
-                    notes.push("no etcd member for this instance: already removed".into());
-                    result.detail = notes.join("; ");
-                    return self.complete(target, result, metrics).await;
-                }
-                Decision::Tried {
-                    member,
-                    outcome,
-                    notes,
-                } => (notes, Some(member), outcome),
-                Decision::CannotDecide(outcome) => (Vec::new(), None, outcome),
-            };
-            let name = member.as_ref().map(display_name).unwrap_or_default();
-            let id = member.as_ref().map_or(0, |m| m.id);
-            let mut detail = notes;
-            match outcome {
-                RemovalOutcome::Removed { leader_moved } => {
-                    result.member_removed = true;
+            match decision {
+                Decision::Done {
+                    note,
+                    removed,
+                    leader_moved,
+                } => {
+                    result.member_removed = removed;
                     result.leader_moved = leader_moved;
-                    let moved = if leader_moved {
-                        " after moving leadership away"
-                    } else {
-                        ""
-                    };
-                    detail.push(format!("member {name} ({id:x}) removed{moved}"));
+                    notes.push(note);
                 }
-                RemovalOutcome::AlreadyGone => {
-                    detail.push(format!("member {name} ({id:x}) was already removed"));
-                }
-                RemovalOutcome::Unsafe { reason, error } => {
+                Decision::Unsafe { reason, error } => {
                     let Some(interruption) = &interrupted else {
                         return self.hold(target, result, reason, error, metrics).await;
                     };
@@ -99,12 +84,12 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                         tokio::time::sleep(SPOT_RETRY_PAUSE).await;
                         continue;
                     }
-                    detail.push(format!(
+                    notes.push(format!(
                         "{interruption}: it cannot be held; member kept: {reason}; the stale-member cleanup removes it once its machine is gone and that is safe"
                     ));
                 }
             }
-            result.detail = detail.join("; ");
+            result.detail = notes.join("; ");
             return self.complete(target, result, metrics).await;
         }
     }
@@ -173,35 +158,69 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         instance: &Instance,
         deadline: &Deadline,
         metrics: &mut InvocationMetrics,
-    ) -> Decision {
+    ) -> (Vec<String>, Decision) {
         let lock = match self.membership.lock(instances, deadline).await {
             Ok(lock) => lock,
             Err(e) => {
-                let (reason, error) = etcd_cause(&e);
-                return Decision::CannotDecide(RemovalOutcome::Unsafe {
-                    reason: format!("cannot take the membership lock: {reason}"),
-                    error,
-                });
+                return (
+                    Vec::new(),
+                    unsafe_because("cannot take the membership lock", &e),
+                )
             }
         };
-        let decision = match self.view_with_promotions(instances, deadline).await {
-            Err(e) => {
-                let (reason, error) = etcd_cause(&e);
-                Decision::CannotDecide(RemovalOutcome::Unsafe {
-                    reason: format!("cannot read etcd membership to check quorum: {reason}"),
-                    error,
-                })
-            }
-            Ok((view, notes)) => match find_member(&view, instance).cloned() {
-                None => Decision::NoMember { notes },
-                Some(member) => Decision::Tried {
-                    outcome: self.remove_member(&view, &member, deadline, metrics).await,
-                    member,
+        let decided = match self.view_with_promotions(instances, deadline).await {
+            Err(e) => (
+                Vec::new(),
+                unsafe_because("cannot read etcd membership to check quorum", &e),
+            ),
+            Ok((view, notes)) => match find_member(&view, instance) {
+                None => (
                     notes,
-                },
+                    done("no etcd member for this instance: already removed"),
+                ),
+                Some(member) => {
+                    let outcome = self.remove_member(&view, member, deadline, metrics).await;
+                    (notes, decision_from(member, outcome))
+                }
             },
         };
         self.membership.unlock(lock, deadline).await;
-        decision
+        decided
+    }
+}
+
+fn unsafe_because(what: &str, e: &MembershipError) -> Decision {
+    let (reason, error) = etcd_cause(e);
+    Decision::Unsafe {
+        reason: format!("{what}: {reason}"),
+        error,
+    }
+}
+
+fn done(note: &str) -> Decision {
+    Decision::Done {
+        note: note.to_string(),
+        removed: false,
+        leader_moved: false,
+    }
+}
+
+fn decision_from(member: &Member, outcome: RemovalOutcome) -> Decision {
+    let (name, id) = (display_name(member), member.id);
+    match outcome {
+        RemovalOutcome::Removed { leader_moved } => Decision::Done {
+            note: format!(
+                "member {name} ({id:x}) removed{}",
+                if leader_moved {
+                    " after moving leadership away"
+                } else {
+                    ""
+                }
+            ),
+            removed: true,
+            leader_moved,
+        },
+        RemovalOutcome::AlreadyGone => done(&format!("member {name} ({id:x}) was already removed")),
+        RemovalOutcome::Unsafe { reason, error } => Decision::Unsafe { reason, error },
     }
 }
