@@ -302,7 +302,10 @@ async fn the_group_listing_includes_stopped_instances() {
         .match_requests(|r| has_filter(r.filters(), "instance-state-name", &EXISTING))
         .then_output(|| DescribeInstancesOutput::builder().build());
     let fleet = ec2_fleet(&[&rule], &resilience());
-    fleet.group_instances("etcd-asg", &deadline()).await.unwrap();
+    fleet
+        .group_instances("etcd-asg", &deadline())
+        .await
+        .unwrap();
     assert_eq!(rule.num_calls(), 1);
 }
 
@@ -420,10 +423,15 @@ async fn spot_request_status() {
     let layer = resilience();
     let fleet = ec2_fleet(&[&marked, &unknown], &layer);
     let status = fleet.spot_status("sir-1", &deadline()).await.unwrap();
-    assert_eq!(status.map(|s| s.code), Some("marked-for-termination".into()));
+    assert_eq!(
+        status.map(|s| s.code),
+        Some("marked-for-termination".into())
+    );
     assert_eq!(fleet.spot_status("sir-2", &deadline()).await.unwrap(), None);
     assert_eq!(
-        layer.breaker(Dependency::Ec2).state(tokio::time::Instant::now()),
+        layer
+            .breaker(Dependency::Ec2)
+            .state(tokio::time::Instant::now()),
         State::Closed
     );
 }
