@@ -1,4 +1,4 @@
-//! A real etcd 3.4 cluster on loopback addresses, for the tests of the membership code.
+//! A real etcd cluster (3.4 by default; `ETCD_BIN` picks another) on loopback addresses, for the tests of the membership code.
 //!
 //! Why real etcd rather than a fake: what matters here is etcd's own behaviour (the strict reconfig
 //! check and its refusals, a member list answered from the asked member's view, the one-learner
@@ -35,6 +35,15 @@ const WAIT_LIMIT: Duration = Duration::from_secs(40);
 const POLL: Duration = Duration::from_millis(100);
 /// The slot whose peer URL `wait_reconfig_ready` adds and removes as a learner.
 const PROBE_SLOT: u8 = 9;
+
+/// The etcd binary the clusters run: `ETCD_BIN`, else Debian's `/usr/bin/etcd` (3.4). The same
+/// variable chooses the version for the Python stack, so one setting runs every suite on it.
+pub fn etcd_binary() -> String {
+    std::env::var("ETCD_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "/usr/bin/etcd".to_string())
+}
 
 /// One member's etcd process and files.
 pub struct Node {
@@ -219,7 +228,7 @@ impl EtcdCluster {
         let log_err = log
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", node.log.display()));
-        let mut command = Command::new("etcd");
+        let mut command = Command::new(etcd_binary());
         command
             .arg("--name")
             .arg(&node.name)
@@ -247,9 +256,12 @@ impl EtcdCluster {
                 .arg(&tls.ca)
                 .arg("--client-cert-auth");
         }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start etcd (is /usr/bin/etcd installed?): {e}"));
+        let child = command.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} (ETCD_BIN; Debian's etcd-server by default): {e}",
+                etcd_binary()
+            )
+        });
         self.nodes[i].child = Some(child);
     }
 
