@@ -3,7 +3,7 @@
 //! missing learner, group by group.
 
 use super::{aws_error, fail, Handler, HandlerError, InstanceResult, Target};
-use crate::membership::find_member;
+use crate::membership::{find_member, identity, Identity};
 use crate::metrics::InvocationMetrics;
 use crate::model::{ActionKey, Fleet, GroupLifecycle, Instance, Lifecycle, Membership, Transition};
 use crate::resilience::policy::Deadline;
@@ -148,7 +148,21 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 result.member_removed = cleanup.removed > 0;
                 notes.extend(cleanup.notes.iter().cloned());
                 if self.config.etcd_add_learner_on_launch {
-                    if let Some(missing) = without_member(&cleanup.view, lifecycle, &instances) {
+                    if let Some(unknown) = cleanup
+                        .view
+                        .members
+                        .iter()
+                        .find(|m| identity(m) == Identity::Unknown)
+                    {
+                        // Its instance may be one that looks member-less here: a learner added
+                        // for it would be a second member for one machine.
+                        notes.push(format!(
+                            "no missing learner added: member {} names no instance or IP, so which instances have a member cannot be told",
+                            super::display_name(unknown)
+                        ));
+                    } else if let Some(missing) =
+                        without_member(&cleanup.view, lifecycle, &instances)
+                    {
                         let note = match self.add_learner(&cleanup, missing, deadline).await {
                             Ok(note) | Err(note) => note,
                         };

@@ -1312,6 +1312,28 @@ mod layouts {
     }
 
     #[tokio::test]
+    async fn no_learner_is_added_while_a_member_names_no_instance_or_ip() {
+        // Member 3 is named by a host name with host-name URLs: it may well be instance 3's,
+        // which would then get a second member.
+        let mut world = World::three_nodes();
+        world.config.asg_names = vec![GROUP.into()];
+        world.config.etcd_add_learner_on_launch = true;
+        let m3 = &mut world.view.as_mut().unwrap().members[2];
+        m3.name = "etcd-3".into();
+        m3.peer_urls = vec!["https://etcd-3.corp.example:2380".into()];
+        m3.client_urls = vec!["https://etcd-3.corp.example:2379".into()];
+        world.group.in_service = (1..=3).map(|n| instance(n).id).collect();
+        let (h, calls, _) = world.build();
+        let out = h.handle(&sweep_event(), minute()).await.unwrap();
+        assert!(calls.all().iter().all(|c| !c.contains("MemberAdd")));
+        let detail = out["results"][0]["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("no missing learner added: member etcd-3"),
+            "{detail}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_terminating_instance_the_group_no_longer_lists_is_looked_up_by_id() {
         let mut world = World::three_nodes();
         let mut stopped = instance(3);
