@@ -43,7 +43,7 @@ use crate::model::{
     ClusterView, Instance, Member, Membership, MembershipError, MembershipLock, Promotion, Removal,
 };
 use crate::resilience::classify::{Class, Classify};
-use crate::resilience::policy::Deadline;
+use crate::resilience::policy::{Deadline, LOCK_WAIT};
 use crate::resilience::{CallError, Dependency, Resilience};
 
 /// Longest wait for the TCP (and TLS) connection to one member.
@@ -344,6 +344,55 @@ impl EtcdMembership {
         }
     }
 
+    /// A cluster-level call that waits out a short election ("no leader") like a refused
+    /// change, then reports it.
+    async fn retry_without_leader<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        urls: &[String],
+        deadline: &Deadline,
+        op: &F,
+    ) -> Result<T, MembershipError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, OpError>>,
+    {
+        let wait_until = (Instant::now() + REFUSAL_WAIT).min(deadline.work_until());
+        loop {
+            match self.run(operation, urls, deadline, op).await {
+                Err(MembershipError::NoLeader { detail })
+                    if Instant::now() + REFUSAL_PAUSE < wait_until =>
+                {
+                    tracing::debug!(operation, %detail, "etcd has no leader (an election); trying again shortly");
+                    tokio::time::sleep(REFUSAL_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Revokes `lease` (and with it the lock key on it, which wakes the next waiter). Best
+    /// effort: the lease expires with the invocation anyway.
+    async fn revoke(&self, lease: i64, urls: &[String], deadline: &Deadline) {
+        let op = move |mut client: Client| async move {
+            match client.lease_revoke(lease).await {
+                Ok(_) => Ok(()),
+                // Expired already: nothing is held on it.
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        };
+        match self
+            .run("release the membership lock", urls, deadline, &op)
+            .await
+        {
+            Ok(()) => tracing::debug!(lease, "released the membership lock"),
+            Err(e) => {
+                tracing::warn!(lease, error = %e, "could not release the membership lock; it is freed when its lease expires with this invocation")
+            }
+        }
+    }
+
     /// `member`'s own status, asked at its advertised client URLs; `None` when it did not
     /// answer (or never started). Uncounted: a silent member is information.
     async fn status_of(
@@ -482,8 +531,12 @@ impl EtcdMembership {
 
 impl Membership for EtcdMembership {
     /// Takes etcd's lock [`LOCK_NAME`] on a fresh lease that lives no longer than the
-    /// invocation. A lock not free within [`Deadline::lock_wait`] is `Locked`; the lease is
-    /// revoked at once then, so this invocation's place in the lock's queue goes with it.
+    /// invocation. One lease for every try: a lock request whose answer was lost (cut off,
+    /// or its endpoint died after the server took it) leaves a key on that lease, and etcd
+    /// treats a second request on the same lease as the same acquisition, so the function never
+    /// waits behind its own lost request. A lock not free within [`Deadline::lock_wait`] is
+    /// `Locked`; the lease is revoked then (and on any other failure), so this invocation's
+    /// place in the lock's queue goes with it.
     async fn lock(
         &self,
         peers: &[Instance],
@@ -491,78 +544,50 @@ impl Membership for EtcdMembership {
     ) -> Result<MembershipLock, MembershipError> {
         let urls = self.cluster_endpoints(peers)?;
         let now = Instant::now();
-        let (ttl, wait) = (deadline.lease_ttl_secs(now), deadline.lock_wait(now));
-        if wait.is_zero() || ttl < 1 {
+        let (ttl, wait_until) = (deadline.lease_ttl_secs(now), now + deadline.lock_wait(now));
+        if wait_until <= now || ttl < 1 {
             return Err(MembershipError::Failed {
                 operation: "take the membership lock",
                 detail: "too little time left before the deadline to wait for the lock".into(),
             });
         }
-        let op = move |mut client: Client| async move {
-            let lease = client.lease_grant(ttl, None).await?.id();
+        let grant =
+            move |mut client: Client| async move { Ok(client.lease_grant(ttl, None).await?.id()) };
+        let lease = self
+            .retry_without_leader("grant the lock's lease", &urls, deadline, &grant)
+            .await?;
+        let take = move |mut client: Client| async move {
+            let wait = wait_until.saturating_duration_since(Instant::now());
             let options = LockOptions::new().with_lease(lease);
-            let taken = tokio::time::timeout(wait, client.lock(LOCK_NAME, Some(options))).await;
-            if let Ok(Ok(answer)) = &taken {
-                return Ok((answer.key().to_vec(), lease));
-            }
-            // Not taken: give the place in the queue back now rather than at the lease's end.
-            if let Err(e) = client.lease_revoke(lease).await {
-                tracing::debug!(lease, error = %describe(&e), "could not revoke the lock's lease; it expires with the invocation");
-            }
-            match taken {
+            match tokio::time::timeout(wait, client.lock(LOCK_NAME, Some(options))).await {
+                Ok(Ok(answer)) => Ok(answer.key().to_vec()),
                 Ok(Err(e)) => Err(e.into()),
-                _ => Err(OpError::Locked(wait)),
+                Err(_) => Err(OpError::Locked(LOCK_WAIT)),
             }
         };
-        let wait_until = (Instant::now() + REFUSAL_WAIT).min(deadline.work_until());
-        let (key, lease) = loop {
-            match self
-                .run("take the membership lock", &urls, deadline, &op)
-                .await
-            {
-                Err(MembershipError::NoLeader { detail })
-                    if Instant::now() + REFUSAL_PAUSE < wait_until =>
-                {
-                    tracing::debug!(%detail, "etcd has no leader (an election); asking for the lock again shortly");
-                    tokio::time::sleep(REFUSAL_PAUSE).await;
-                }
-                other => break other?,
+        match self
+            .retry_without_leader("take the membership lock", &urls, deadline, &take)
+            .await
+        {
+            Ok(key) => {
+                tracing::debug!(lease, ttl, "took the membership lock");
+                Ok(MembershipLock {
+                    key,
+                    lease,
+                    endpoints: urls,
+                })
             }
-        };
-        tracing::debug!(lease, ttl, "took the membership lock");
-        Ok(MembershipLock {
-            key,
-            lease,
-            endpoints: urls,
-        })
+            Err(e) => {
+                self.revoke(lease, &urls, deadline).await;
+                Err(e)
+            }
+        }
     }
 
     /// Revokes the lock's lease, which deletes the lock's key and wakes the next waiter. A
     /// failure is only logged: the lease expires with the invocation anyway.
     async fn unlock(&self, lock: MembershipLock, deadline: &Deadline) {
-        let lease = lock.lease;
-        let op = move |mut client: Client| async move {
-            match client.lease_revoke(lease).await {
-                Ok(_) => Ok(()),
-                // Expired already: the lock is free.
-                Err(e) if is_not_found(&e) => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        };
-        match self
-            .run(
-                "release the membership lock",
-                &lock.endpoints,
-                deadline,
-                &op,
-            )
-            .await
-        {
-            Ok(()) => tracing::debug!(lease, "released the membership lock"),
-            Err(e) => {
-                tracing::warn!(lease, error = %e, "could not release the membership lock; it is freed when its lease expires with this invocation")
-            }
-        }
+        self.revoke(lock.lease, &lock.endpoints, deadline).await;
     }
 
     /// The member list from the first endpoint that answers (never one this process removed,

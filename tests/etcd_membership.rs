@@ -512,3 +512,29 @@ async fn a_cluster_without_quorum_refuses_the_lock_at_once_and_opens_no_circuit(
         "{first} alone serves no quorum: {view:?}"
     );
 }
+
+/// What the lock relies on: etcd treats a second lock request on the same lease as the same
+/// acquisition, so a try whose answer was lost can be made again without waiting behind itself.
+#[tokio::test]
+async fn a_second_lock_request_on_the_same_lease_is_the_same_acquisition() {
+    let cluster = EtcdCluster::start(160, 3).await;
+    let mut client = etcd_client::Client::connect(cluster.endpoints(), None)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let lease = ok(client.lease_grant(30, None).await, "lease").id();
+    let options = || Some(etcd_client::LockOptions::new().with_lease(lease));
+    let first = ok(
+        client
+            .lock(etcd_lifecycle_hook::etcd::LOCK_NAME, options())
+            .await,
+        "first lock",
+    );
+    let again = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.lock(etcd_lifecycle_hook::etcd::LOCK_NAME, options()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the second request on the same lease waited behind the first"));
+    assert_eq!(ok(again, "second lock").key(), first.key());
+    ok(client.lease_revoke(lease).await, "revoke");
+}
