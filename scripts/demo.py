@@ -7,17 +7,25 @@ checks every claim it prints against etcd's member list, the lifecycle completio
 that Auto Scaling recorded, and the function's answers. It exits non-zero if anything did not
 happen as described, so it doubles as a smoke test (`make demo`).
 
-The story, on a group of four instances whose etcd members are named after their instance IDs:
+The story, on a group of four instances whose etcd members are named after their instance IDs,
+with the function configured as README recommends for replacements (ETCD_ADD_LEARNER_ON_LAUNCH=true,
+ETCD_MIN_VOTERS at its default of 2):
  1. scale-in of the etcd leader (events/terminate.json): leadership moves, the member is removed,
     the lifecycle action is completed with CONTINUE;
  2. scale-in while another node is down: removing the member would leave too few healthy voters,
     so the function holds the instance (heartbeat), removes nothing, completes nothing, and answers
     an error so the event comes back;
  3. the down node's instance dies for good (terminated outside Auto Scaling's hooks) and a
-    replacement launches (events/launch.json): the launch removes the dead node's stale member and
-    lets the new instance in with CONTINUE;
- 4. the held event comes back (events/sns-terminate.json, through SNS): now it is safe, so the
-    member is removed and the action completed.
+    replacement launches (events/launch.json): the launch removes the dead node's stale member,
+    adds the replacement as a learner, and lets the new instance in with CONTINUE;
+ 4. the held event comes back (events/sns-terminate.json, through SNS): removing the member now
+    would leave a single voter, below ETCD_MIN_VOTERS, and the replacement's etcd has not started,
+    so it is held again;
+ 5. the replacement's node starts etcd and joins as the learner (as its bootstrap script would);
+ 6. the held event comes back once more: the caught-up learner is promoted first, so removing the
+    member leaves two voters; it is removed and the action completed;
+ 7. scale-out back to three: a new instance is added as a learner, its node joins, and the
+    scheduled sweep promotes it. The cluster ends with three healthy voters.
 
     .venv/bin/python scripts/demo.py [--bootstrap target/release/etcd-lifecycle-hook]
 """
@@ -35,6 +43,11 @@ sys.path.insert(0, REPO)
 
 from tests.stack import Stack, bootstrap_path, events  # noqa: E402
 from tests.stack.aws import LifecycleAction  # noqa: E402
+
+# How the function runs in the story: replacements join as learners; the voter floor is the default.
+FUNCTION_ENV = {"ETCD_ADD_LEARNER_ON_LAUNCH": "true", "ETCD_MIN_VOTERS": "2"}
+# How long etcd wants a peer connected before it counts it for a membership change.
+ETCD_CONNECTED_S = 5.5
 
 
 class Demo:
@@ -97,6 +110,7 @@ class Demo:
         )
         self.say(f"etcd members: {', '.join(self.name(i) for i in self.members())}")
         self.say(f"etcd leader: {stack.leader()}")
+        self.say(f"the function: {', '.join(f'{k}={v}' for k, v in FUNCTION_ENV.items())}")
 
         # 1. Scale-in of the leader.
         leader = stack.leader()
@@ -114,12 +128,7 @@ class Demo:
         )
         line = _line(payload, leader) if ok else {}
         self.check(bool(line.get("leader_moved")), "the function reports that it moved leadership first", f"{line}")
-        done = self.completions(leader)
-        self.check(
-            [c["result"] for c in done] == ["CONTINUE"],
-            "lifecycle action completed with CONTINUE",
-            f"completions {done}",
-        )
+        self.check_completed(leader)
         self.check(stack.aws.lifecycle_state(leader) is None, "the instance left the group", "still in the group")
 
         # 2. Scale-in while another node is down.
@@ -129,45 +138,143 @@ class Demo:
         held = stack.start_terminate(victim)
         before = self.members()
         ok, payload = self.invoke(self.event("terminate.json", held, stack.eventbridge(held)))
-        message = payload.get("errorMessage", "") if not ok else ""
-        self.check(not ok and "held" in message, "the invocation answered an error naming the hold", f"{payload}")
-        self.check(len(self.heartbeats(victim)) == 1, f"heartbeat recorded for {victim}: the wait restarts", "no heartbeat")
-        self.check(self.completions(victim) == [], "no completion: the instance keeps waiting", f"{self.completions(victim)}")
-        self.check(self.members() == before, "no member removed (quorum kept)", f"members {self.members()}")
-        self.check(
-            stack.aws.lifecycle_state(victim) == "Terminating:Wait",
-            f"{victim} still in Terminating:Wait",
-            f"{stack.aws.lifecycle_state(victim)}",
-        )
+        self.check_held(ok, payload, victim, "quorum", before, beats=1)
 
-        # 3. The down node dies for good; a replacement launches.
+        # 3. The down node dies for good; a replacement launches and is added as a learner.
         self.say(f"\n3. {down}'s instance dies outside Auto Scaling's hooks; a replacement launches")
         stack.aws.terminate_outside_hooks(down)
         new, launch = stack.start_launch()
         self.say(f"   new instance {self.name(new)} waits in Pending:Wait")
-        ok, payload = self.invoke(self.event("launch.json", launch, stack.eventbridge(launch)))
+        ok, payload = self.invoke_until_done(
+            self.event("launch.json", launch, stack.eventbridge(launch)), new
+        )
         self.check(ok, "the invocation succeeded", f"{payload}")
         self.check(down not in self.members(), f"stale member {down} removed", f"members {self.members()}")
-        done = self.completions(new)
-        self.check(
-            [c["result"] for c in done] == ["CONTINUE"],
-            f"launch of {new} completed with CONTINUE",
-            f"completions {done}",
-        )
+        self.check(self.learners() == [new], f"{new} added as a learner", f"learners {self.learners()}")
+        self.check_completed(new, what=f"launch of {new}")
         self.check(stack.aws.lifecycle_state(new) == "InService", f"{new} is InService", f"{stack.aws.lifecycle_state(new)}")
 
-        # 4. The held event comes back.
+        # 4. The held event comes back: still unsafe, now because of the voter floor.
         self.say(f"\n4. The held scale-in of {victim} is delivered again, through SNS")
+        self.say(f"   voters now: {', '.join(self.voters())}; {new}'s etcd has not started yet")
+        before = self.members()
         ok, payload = self.invoke(self.event("sns-terminate.json", held, events.sns(stack.notification(held))))
+        self.check_held(ok, payload, victim, "ETCD_MIN_VOTERS", before, beats=2)
+
+        # 5. The replacement's node starts etcd and joins as the learner.
+        self.say(f"\n5. {new}'s bootstrap script starts etcd: it joins as the learner the function added")
+        self.join(new)
+
+        # 6. The held event comes back once more: the learner is promoted first, so it is safe.
+        self.say(f"\n6. The held scale-in of {victim} is delivered again, through SNS")
+        ok, payload = self.invoke_until_done(
+            self.event("sns-terminate.json", held, events.sns(stack.notification(held))), victim
+        )
         self.check(ok, "the invocation succeeded", f"{payload}")
+        self.check(new in self.voters(), f"learner {new} promoted to voter first", f"voters {self.voters()}")
         self.check(victim not in self.members(), f"member {victim} removed now that it is safe", f"members {self.members()}")
-        done = self.completions(victim)
+        self.check_completed(victim)
+
+        # 7. Back to three voters.
+        self.say("\n7. Scale-out back to three voters")
+        third, launch = stack.start_launch()
+        self.say(f"   new instance {self.name(third)} waits in Pending:Wait")
+        ok, payload = self.invoke_until_done(
+            self.event("launch.json", launch, stack.eventbridge(launch)), third
+        )
+        self.check(ok, "the invocation succeeded", f"{payload}")
+        self.check(self.learners() == [third], f"{third} added as a learner", f"learners {self.learners()}")
+        self.check_completed(third, what=f"launch of {third}")
+        self.join(third)
+        self.say("   the scheduled sweep runs (events/scheduled-sweep.json)")
+        ok, payload = self.invoke(self.event_sweep())
+        self.check(ok, "the invocation succeeded", f"{payload}")
+        self.check(third in self.voters(), f"learner {third} promoted by the sweep", f"voters {self.voters()}")
+
+        voters = self.voters()
+        healthy = sorted(m.name for m in stack.etcd.healthy_voters())
         self.check(
-            [c["result"] for c in done] == ["CONTINUE"],
-            "lifecycle action completed with CONTINUE",
-            f"completions {done}",
+            len(voters) == 3 and healthy == voters and not self.learners(),
+            f"the cluster ends healthy: three voters ({', '.join(voters)}), all answering",
+            f"voters {voters}, healthy {healthy}, learners {self.learners()}",
         )
         self.say(f"\netcd members now: {', '.join(self.members())}; leader {stack.etcd.leader()}")
+
+    # -- steps and checks used more than once ----------------------------------------------------
+    def voters(self) -> list[str]:
+        return sorted(m.name for m in self.stack.etcd.voters())
+
+    def learners(self) -> list[str]:
+        """Learners, each by its instance (a learner has no name until its node starts)."""
+        members = self.stack.etcd.members()
+        return sorted(self.stack.machine_of(m) for m in members if m.is_learner)
+
+    def join(self, instance_id: str) -> None:
+        """The node joins and catches up; then the demo gives it the five seconds etcd wants a
+        peer connected before it counts it for a membership change (a real node has had them
+        long before the held event comes back)."""
+        started = time.monotonic()
+        self.stack.join(instance_id)
+        self.stack.etcd.wait_until(
+            lambda: self.stack.etcd.in_sync(instance_id), timeout=30, what=f"{instance_id} caught up"
+        )
+        self.check(
+            self.stack.etcd.in_sync(instance_id),
+            f"{instance_id}'s etcd started and caught up with the leader",
+            "it did not catch up",
+        )
+        time.sleep(max(0.0, started + ETCD_CONNECTED_S - time.monotonic()))
+
+    def invoke_until_done(self, event, instance_id: str, attempts: int = 5):
+        """Delivers `event`, and again while etcd itself refuses the change for a moment (it
+        does for a few seconds after a member joins or a leader is elected), as AWS would."""
+        for attempt in range(attempts):
+            before = self.members()
+            ok, payload = self.invoke(event)
+            refused = not ok and "unhealthy cluster" in payload.get("errorMessage", "")
+            if not refused or attempt == attempts - 1:
+                return ok, payload
+            self.check(
+                not self.completions(instance_id) and self.members() == before,
+                "held while etcd refuses the change for a moment: membership unchanged, nothing completed",
+                f"members {self.members()}, completions {self.completions(instance_id)}",
+            )
+            self.say("   delivering it again in two seconds, as AWS would")
+            time.sleep(2)
+        return ok, payload
+
+    def event_sweep(self):
+        if events.has_sample("scheduled-sweep.json"):
+            return events.from_sample("scheduled-sweep.json")
+        return self.stack.scheduled()
+
+    def check_completed(self, instance_id: str, what: str = "lifecycle action") -> None:
+        done = self.completions(instance_id)
+        self.check(
+            [c["result"] for c in done] == ["CONTINUE"],
+            f"{what} completed with CONTINUE",
+            f"completions {done}",
+        )
+
+    def check_held(
+        self, ok: bool, payload, instance_id: str, why: str, before: list[str], beats: int
+    ) -> None:
+        message = payload.get("errorMessage", "") if not ok else ""
+        self.check(
+            not ok and message.startswith(f"held {instance_id}") and why in message,
+            f"the invocation answered an error naming the hold and its cause ({why})",
+            f"{payload}",
+        )
+        self.check(
+            len(self.heartbeats(instance_id)) == beats,
+            f"heartbeat recorded for {instance_id}: the wait restarts",
+            f"heartbeats {self.heartbeats(instance_id)}",
+        )
+        done = self.completions(instance_id)
+        self.check(done == [], "no completion: the instance keeps waiting", f"{done}")
+        self.check(self.members() == before, "no member removed", f"members {self.members()}")
+        state = self.stack.aws.lifecycle_state(instance_id)
+        self.check(state == "Terminating:Wait", f"{instance_id} still in Terminating:Wait", f"{state}")
 
 
 def _line(payload: dict, instance_id: str) -> dict:
@@ -193,7 +300,7 @@ def main() -> int:
     demo = None
     try:
         stack.up()
-        fn = stack.spawn(binary)
+        fn = stack.spawn(binary, **FUNCTION_ENV)
         demo = Demo(stack, fn)
         demo.run()
     except Exception as e:  # say what broke, with the function's output, then tear down
@@ -207,7 +314,10 @@ def main() -> int:
     if demo.failures:
         print(f"\ndemo: {len(demo.failures)} expectation(s) not met ({elapsed:.0f}s): " + "; ".join(demo.failures))
         return 1
-    print(f"\ndemo: everything happened as described ({elapsed:.0f}s); the stack is torn down")
+    print(
+        f"\ndemo: everything happened as described ({elapsed:.0f}s): two holds, and the cluster "
+        "ended with three healthy voters; the stack is torn down"
+    )
     return 0
 
 

@@ -47,7 +47,10 @@ class E2ETestCase(unittest.TestCase):
     def context(self, fn: FunctionProcess | None = None) -> str:
         fn = fn or self.fn
         try:
-            members = self.stack.etcd.member_names()
+            members = [
+                f"{m.name or '(unstarted)'}{' (learner)' if m.is_learner else ''}"
+                for m in self.stack.etcd.members()
+            ]
         except Exception as e:  # the context must never hide the real failure
             members = f"<unreadable: {e}>"
         snapshot = self.stack.aws.registry.snapshot()
@@ -130,11 +133,12 @@ class E2ETestCase(unittest.TestCase):
         self.assertEqual(self.completions_for(instance_id), [], self.context())
 
     def assertMember(self, instance_id: str, present: bool = True) -> None:
-        names = self.stack.etcd.member_names()
+        names = self.members()
         if present:
             self.assertIn(instance_id, names, f"{instance_id} should still be a member{self.context()}")
         else:
             self.assertNotIn(instance_id, names, f"{instance_id} should be removed{self.context()}")
 
     def members(self) -> list[str]:
-        return self.stack.etcd.member_names()
+        """The members, each by its instance ID (or outside node name), whatever etcd calls it."""
+        return self.stack.member_ids()

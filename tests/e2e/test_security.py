@@ -110,6 +110,9 @@ class SecretsNeverLoggedTest(E2ETestCase):
             "AWS_ACCESS_KEY_ID": ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
             "AWS_SESSION_TOKEN": SESSION_TOKEN,
+            # The story removes two of three members: its last removal leaves one voter, which
+            # only an operator who asked for a single node allows.
+            "ETCD_MIN_VOTERS": "1",
             **VERBOSE,
             **extra,
         }

@@ -47,6 +47,19 @@ class StartupTest(unittest.TestCase):
         for part in ("RETRY_MAX_ATTEMPTS", "four", "a whole number of attempts from 1 to 20"):
             self.assertIn(part, output)
 
+    def test_a_voter_floor_that_is_not_a_positive_whole_number_stops_start_up(self):
+        for value in ("0", "two"):
+            with self.subTest(ETCD_MIN_VOTERS=value):
+                fn = self.spawn(ETCD_MIN_VOTERS=value)
+                sweep = {"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}
+                with self.assertRaises(FunctionDied):
+                    fn.invoke(sweep, wait_s=30)
+                fn.proc.wait(10)
+                self.assertNotEqual(fn.proc.returncode, 0)
+                output = fn.output()
+                self.assertIn("ETCD_MIN_VOTERS", output)
+                self.assertIn(value, output)
+
     def test_good_configuration_serves(self):
         fn = self.spawn()
         ok, payload = fn.invoke({"Records": []}, wait_s=30)

@@ -21,6 +21,25 @@ under the system temp directory, so parallel test processes pick different slots
 `Stack(etcd_tls=True)` serves etcd's clients over TLS with client certificates (tls.py makes a
 throwaway CA and keys per stack) and gives the function its `ETCD_*_FILE` variables.
 
+Layouts operators run (all opt-in; the default is one group whose members are named by instance
+ID):
+
+* `groups={"etcd-a": 2, "etcd-b": 1}`: one cluster over several Auto Scaling groups (one per
+  zone), all in one VPC; `ASG_NAMES` lists them all. `stack.group` is the first.
+* `naming="hostname"`: members named by EC2 host name under a custom DHCP domain
+  (`ip-127-0-12-11.corp.example`, see `dns_domain`) instead of by instance ID.
+* `outside_nodes=1`: extra voting members with no EC2 instance at all (`etcd-outside-1`, ...).
+* `foreign_hooks={"node-drain": TERMINATING}`: another tool's hooks on every group, listed before
+  the etcd hooks; each paused instance waits on all of them (see aws.py).
+* `stack.make_spot(id)` / `stack.interrupt_spot(id)`: a Spot instance and its interruption notice;
+  `stack.stop_instance(id)`: stopped in EC2 (its etcd node with it), still in its group.
+* `stack.join(id)`: the new instance's etcd node starts as its bootstrap script would, joining
+  as the member (a learner) already added for its peer URL.
+
+Nodes of `stack.etcd` are keyed by instance ID (outside nodes by their name), whatever the members
+are called; `stack.member_ids()` names each member by its node, so assertions read the same in
+every naming mode.
+
 Transport faults (see gate.py): `Stack(etcd_gates=True)` puts a `TcpGate` on every etcd member's
 advertised client URL; `stack.aws_gate("autoscaling" | "ec2")` puts one in front of that service,
 and functions spawned afterwards reach the service through it. The AWS fault layer (aws.py) and
@@ -57,8 +76,9 @@ from .aws import (
     free_port,
     launch_into_group,
     seed_group,
+    seed_network,
 )
-from .etcd import EtcdCluster
+from .etcd import EtcdCluster, Member
 from .gate import TcpGate
 from .runtime_api import FunctionDied, InvocationTimeout, RuntimeApi
 
@@ -81,6 +101,9 @@ FUNCTION_NAME = "etcd-lifecycle-hook"
 # The SDK's service-specific endpoint variables (service ID, upper case, spaces as underscores).
 AWS_ENDPOINT_VARIABLES = {"autoscaling": "AWS_ENDPOINT_URL_AUTO_SCALING", "ec2": "AWS_ENDPOINT_URL_EC2"}
 IPS_PER_SLOT = 8
+# How members are named: by instance ID, or by EC2 host name (`ip-a-b-c-d`) under a DNS domain.
+NAMINGS = ("instance-id", "hostname")
+OUTSIDE_PREFIX = "etcd-outside-"
 
 
 def bootstrap_path() -> str:
@@ -311,7 +334,7 @@ class FunctionProcess:
 
 
 class Stack:
-    """Auto Scaling group + instances (moto) + etcd cluster + function processes."""
+    """Auto Scaling groups + instances (moto) + etcd cluster + function processes."""
 
     def __init__(
         self,
@@ -323,21 +346,39 @@ class Stack:
         etcd_gates: bool = False,
         etcd_tls: bool = False,
         etcd_args: list[str] | None = None,
+        groups: dict[str, int] | None = None,
+        naming: str = "instance-id",
+        dns_domain: str = "corp.example",
+        outside_nodes: int = 0,
+        foreign_hooks: dict[str, str] | None = None,
     ):
-        self.nodes = nodes
+        if naming not in NAMINGS:
+            raise ValueError(f"naming must be one of {NAMINGS}, not {naming!r}")
+        self.group_sizes = dict(groups) if groups else {group: nodes}
+        if not self.group_sizes or any(n < 0 for n in self.group_sizes.values()):
+            raise ValueError("give at least one group, none of negative size")
+        self.group = next(iter(self.group_sizes))
+        self.nodes = sum(self.group_sizes.values())
+        self.naming = naming
+        self.dns_domain = dns_domain
+        self.outside_count = outside_nodes
+        self.foreign_hooks = dict(foreign_hooks or {})
+        if self.nodes + outside_nodes > IPS_PER_SLOT:
+            raise ValueError(f"at most {IPS_PER_SLOT} etcd nodes fit in an address slot")
         self.etcd_gates = etcd_gates
         self.etcd_tls = etcd_tls
         self.etcd_args = list(etcd_args or [])  # extra flags for every etcd node
         self.tls = None  # tls.TlsFiles when etcd_tls
         self._aws_gates: dict[str, TcpGate] = {}
-        self.group = group
         self.heartbeat_timeout = heartbeat_timeout
         self.keep = keep if keep is not None else os.environ.get("STACK_KEEP") == "1"
         self._workdir = workdir
         self.workdir = ""
         self.slot: AddressSlot | None = None
         self.aws: AwsServer | None = None
-        self.seeded: SeededGroup | None = None
+        self.groups: dict[str, SeededGroup] = {}
+        self.seeded: SeededGroup | None = None  # the first group's
+        self.outside: dict[str, str] = {}  # outside node name -> IP
         self.etcd: EtcdCluster | None = None
         self.functions: list[FunctionProcess] = []
         self._dead: list[DeadEndpoint] = []
@@ -350,30 +391,37 @@ class Stack:
             base = self._workdir or os.path.join(REPO, ".stack")
             os.makedirs(base, exist_ok=True)
             self.workdir = tempfile.mkdtemp(prefix=f"slot{self.slot.n}-", dir=base)
-            ips = self.slot.ips[: self.nodes]
-            self._spare_ips = self.slot.ips[self.nodes :]
+            free = list(self.slot.ips)
             self.aws = AwsServer().start()
-            self.seeded = seed_group(
-                self.aws,
-                self.group,
-                ips,
-                subnet_cidr=self.slot.subnet,
-                heartbeat_timeout=self.heartbeat_timeout,
-            )
-            names = list(self.seeded.instances)
+            network = seed_network(self.aws, self.slot.subnet)
+            for name, size in self.group_sizes.items():
+                ips, free = free[:size], free[size:]
+                self.groups[name] = seed_group(
+                    self.aws,
+                    name,
+                    ips,
+                    heartbeat_timeout=self.heartbeat_timeout,
+                    network=network,
+                    foreign_hooks=self.foreign_hooks,
+                )
+            self.seeded = self.groups[self.group]
+            for i in range(self.outside_count):
+                self.outside[f"{OUTSIDE_PREFIX}{i + 1}"] = free.pop(0)
+            self._spare_ips = free
+            names = self.instance_ids + list(self.outside)
             if self.etcd_tls:
                 from .tls import make_tls
 
                 self.tls = make_tls(os.path.join(self.workdir, "tls"), self.slot.ips)
             self.etcd = EtcdCluster(
                 names,
-                ips,
+                [self.ip_of(n) for n in names],
                 root=os.path.join(self.workdir, "etcd"),
                 gated=self.etcd_gates,
                 tls=self.tls,
+                member_names=[self.member_name(n) for n in names],
+                extra_args=self.etcd_args,
             )
-            for node in self.etcd.nodes.values():
-                node.extra_args = list(self.etcd_args)
             self.etcd.start()
         except BaseException:
             self.down()
@@ -430,7 +478,7 @@ class Stack:
             "AWS_CONFIG_FILE": os.devnull,
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
             "AWS_EC2_METADATA_DISABLED": "true",
-            "ASG_NAMES": self.group,
+            "ASG_NAMES": ",".join(self.groups),
             "ETCD_ENDPOINTS": ",".join(self.etcd.endpoints()),
             "ETCD_CLIENT_SCHEME": "http",
             # Fast retries: the tests inject faults and must not wait seconds between attempts.
@@ -447,7 +495,8 @@ class Stack:
             )
         for service, gate in self._aws_gates.items():
             env[AWS_ENDPOINT_VARIABLES[service]] = gate.url
-        env.update({k: str(v) for k, v in overrides.items()})
+        # A None override removes the variable (e.g. ETCD_CA_FILE, to use the trust store).
+        env.update({k: None if v is None else str(v) for k, v in overrides.items()})
         return {k: v for k, v in env.items() if v is not None}
 
     def spawn(self, binary: str | None = None, **env_overrides: str) -> FunctionProcess:
@@ -461,50 +510,140 @@ class Stack:
         self.functions.append(fn)
         return fn
 
-    # -- the group --------------------------------------------------------------------------------
+    # -- the groups and their instances ---------------------------------------------------------
     @property
     def instance_ids(self) -> list[str]:
-        assert self.seeded is not None
-        return list(self.seeded.instances)
+        """Every instance of every group, in creation order (outside nodes are no instances)."""
+        return [i for seeded in self.groups.values() for i in seeded.instances]
+
+    def instances_of(self, group: str) -> list[str]:
+        return list(self.groups[group].instances)
+
+    def group_of(self, instance_id: str) -> str:
+        for name, seeded in self.groups.items():
+            if instance_id in seeded.instances:
+                return name
+        raise KeyError(f"{instance_id} is in no group of this stack")
 
     def ip_of(self, instance_id: str) -> str:
-        assert self.seeded is not None
-        return self.seeded.instances[instance_id]
+        """The private IP of an instance (or the address of an outside node)."""
+        if instance_id in self.outside:
+            return self.outside[instance_id]
+        return self.groups[self.group_of(instance_id)].instances[instance_id]
+
+    def member_name(self, instance_id: str) -> str:
+        """The etcd member name of an instance's node under this stack's naming."""
+        if instance_id in self.outside or self.naming == "instance-id":
+            return instance_id
+        return f"ip-{self.ip_of(instance_id).replace('.', '-')}.{self.dns_domain}"
+
+    def machine_of(self, member: Member) -> str:
+        """The machine a member runs on: its node's instance ID (or outside node name), else the
+        latest instance whose address its peer URL carries (a learner whose node has not
+        started); a member on no known address by its etcd name."""
+        assert self.etcd is not None
+        node = self.etcd.node_of(member)
+        if node is not None:
+            return node.name
+        hosts = {u.split("://", 1)[-1].rsplit(":", 1)[0] for u in member.peer_urls}
+        for iid in reversed(self.instance_ids):
+            if self.ip_of(iid) in hosts:
+                return iid
+        return member.name
+
+    def member_ids(self) -> list[str]:
+        """The cluster's members, each named by its machine (see `machine_of`)."""
+        assert self.etcd is not None
+        return sorted(self.machine_of(m) for m in self.etcd.members())
 
     def leader(self) -> str:
-        """The instance ID of the etcd leader (member names are instance IDs)."""
+        """The instance ID (or outside node name) of the etcd leader."""
         assert self.etcd is not None
         name = self.etcd.leader()
         if name is None:
             raise RuntimeError("etcd has no leader")
         return name
 
-    def followers(self) -> list[str]:
+    def followers(self, group: str | None = None) -> list[str]:
+        """Running nodes that do not lead (of one group's instances, with `group`)."""
         assert self.etcd is not None
-        return self.etcd.followers()
+        followers = self.etcd.followers()
+        if group is not None:
+            followers = [f for f in followers if f in self.groups[group].instances]
+        return followers
 
-    def start_terminate(self, instance_id: str) -> LifecycleAction:
-        """Scale-in of `instance_id`: it pauses in `Terminating:Wait` on the terminate hook."""
+    def start_terminate(self, instance_id: str, hook: str | None = None) -> LifecycleAction:
+        """Scale-in of `instance_id`: it pauses in `Terminating:Wait` on its group's terminate
+        hooks; the action returned is the etcd hook's (or `hook`'s)."""
         assert self.aws is not None
-        return self.aws.start_lifecycle_action(self.group, instance_id, TERMINATING)
+        return self.aws.start_lifecycle_action(
+            self.group_of(instance_id), instance_id, TERMINATING, hook
+        )
 
-    def start_launch(self, control: bool = False) -> tuple[str, LifecycleAction]:
-        """Scale-out: a new instance on the next spare address pauses in `Pending:Wait`
-        (`control`: the harness's requests bypass the fault layer, see `AwsServer.client`)."""
-        assert self.aws is not None and self.seeded is not None
+    def start_launch(
+        self, control: bool = False, group: str | None = None, spot: bool = False
+    ) -> tuple[str, LifecycleAction]:
+        """Scale-out: a new instance on the next spare address pauses in `Pending:Wait`, in the
+        first group or `group` (`control`: the harness's requests bypass the fault layer, see
+        `AwsServer.client`; `spot`: a Spot instance)."""
+        assert self.aws is not None
         if not self._spare_ips:
             raise RuntimeError("no spare address left in this slot")
-        return launch_into_group(self.aws, self.seeded, self._spare_ips.pop(0), control)
+        seeded = self.groups[group or self.group]
+        return launch_into_group(self.aws, seeded, self._spare_ips.pop(0), control, spot)
+
+    def stop_instance(self, instance_id: str) -> None:
+        """The instance is stopped in EC2 (its etcd node stops with it); it keeps its address
+        and stays in its group."""
+        assert self.aws is not None and self.etcd is not None
+        if instance_id in self.etcd.nodes:
+            self.etcd.stop_node(instance_id)
+        self.aws.stop_instance(instance_id)
+
+    def make_spot(self, instance_id: str) -> str:
+        """Makes an instance a Spot instance (the function reads this only at event time, so a
+        seeded instance made Spot looks to it like one launched so); returns its request ID."""
+        assert self.aws is not None
+        return self.aws.make_spot(instance_id)
+
+    def interrupt_spot(
+        self, instance_id: str, mark_request: bool = True, shutting_down: bool = False
+    ) -> None:
+        """AWS's two-minute notice: the Spot request is `marked-for-termination` (unless not
+        `mark_request`); with `shutting_down`, the instance is already `shutting-down`."""
+        assert self.aws is not None
+        self.aws.interrupt_spot(instance_id, mark_request, shutting_down)
+
+    def join(self, instance_id: str, timeout: float = 30.0) -> None:
+        """Starts the etcd node of a new instance as its bootstrap script would: it joins as the
+        member already added for its peer URL (a learner, when the function added it), with
+        `--initial-cluster-state existing` and its `--initial-cluster` read from the member list.
+        Returns once the node answers."""
+        assert self.etcd is not None
+        ip = self.ip_of(instance_id)
+        peer = f"http://{ip}:2380"
+        members = self.etcd.members()
+        if not any(peer in m.peer_urls for m in members):
+            raise RuntimeError(f"no etcd member has peer URL {peer}: nothing to join as")
+        name = self.member_name(instance_id)
+        initial = ",".join(
+            f"{name if peer in m.peer_urls else m.name or f'unstarted-{m.id:x}'}={m.peer_urls[0]}"
+            for m in members
+            if m.peer_urls
+        )
+        self.etcd.add_node(instance_id, ip, initial, member_name=name)
+        self.etcd.wait_until(
+            lambda: bool(self.etcd.status(instance_id)), timeout, f"{instance_id} answering"
+        )
 
     def account(self) -> str:
         assert self.aws is not None
         return self.aws.account_id
 
     def eventbridge(self, action: LifecycleAction, **detail_overrides) -> dict[str, Any]:
-        assert self.seeded is not None
-        return events.eventbridge(
-            action, self.account(), self.seeded.group_arn, **detail_overrides
-        )
+        seeded = self.groups.get(action.group, self.seeded)
+        assert seeded is not None
+        return events.eventbridge(action, self.account(), seeded.group_arn, **detail_overrides)
 
     def notification(self, action: LifecycleAction) -> dict[str, Any]:
         return events.notification(action, self.account())

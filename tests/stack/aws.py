@@ -16,12 +16,20 @@ paused lifecycle actions itself, so that:
   leaves the group and is terminated in EC2, whatever the result; a launching one goes `InService`
   on CONTINUE and is terminated on ABANDON);
 * every completion, heartbeat and refused call is recorded, so tests assert what the function did
-  rather than what it said it did.
+  rather than what it said it did;
+* a group may have several hooks for one transition (another tool's drain hook next to the etcd
+  one): as in AWS, the instance then waits on each of them, each action with its own token, and
+  goes on only once all are completed with CONTINUE (an ABANDON ends the wait at once);
+* an instance can be made a Spot instance (its `SpotInstanceRequestId` and a Spot request moto can
+  describe) and its interruption announced (the request's status `marked-for-termination`), and
+  an instance can be stopped in EC2 while it stays in its group.
 
 In front of moto sits a WSGI fault layer: per service (the SigV4 credential scope names it) and
 optionally per Action, answer the next N requests with a 503, with the service's real throttling
 error (`Throttling` for Auto Scaling, `RequestLimitExceeded` for EC2), or stall them before passing
-them on. Every request is logged (service, Action, time, and what the layer did with it) so tests can
+them on. A rendezvous holds the next N requests of one Action until all N have arrived, then lets
+them through together: two function processes then decide from the same moment on. Every request
+is logged (service, Action, time, and what the layer did with it) so tests can
 count calls, e.g. to prove an open circuit made none.
 
 Each server uses its own AWS account ID (moto honours the `x-moto-account-id` header, which the
@@ -104,6 +112,9 @@ class LifecycleRegistry:
         self.region = region
         self._lock = threading.RLock()
         self._active: dict[str, LifecycleAction] = {}
+        # (group, transition) -> the hook `start` answers with when none is named: the etcd
+        # hook `seed_group` created (another tool's hooks are listed first on purpose).
+        self.primary_hooks: dict[tuple[str, str], str] = {}
         self.completions: list[dict[str, Any]] = []
         self.heartbeats: list[dict[str, Any]] = []
         self.refusals: list[dict[str, Any]] = []
@@ -125,7 +136,8 @@ class LifecycleRegistry:
                 return group, state
         raise KeyError(f"instance {instance_id} is not in group {group_name!r}")
 
-    def _hook_for(self, group_name: str, transition: str) -> str:
+    def _hooks_for(self, group_name: str, transition: str) -> list[str]:
+        """The group's hooks for `transition`, in the order DescribeLifecycleHooks lists them."""
         asg, _ = self._backends()
         hooks = [
             h.name
@@ -134,25 +146,40 @@ class LifecycleRegistry:
         ]
         if not hooks:
             raise KeyError(f"group {group_name!r} has no {transition} lifecycle hook")
-        return sorted(hooks)[0]
+        return hooks
 
     # -- what a test does -------------------------------------------------------------------------
     def start(
         self, group: str, instance_id: str, transition: str, hook: str | None = None
     ) -> LifecycleAction:
-        """Pauses `instance_id` on a hook of `group`, as Auto Scaling does at scale-in or launch."""
+        """Pauses `instance_id` on the hooks of `group` for `transition`, as Auto Scaling does at
+        scale-in or launch: one action per hook, each with its own token. Returns the action of
+        `hook` (default: the group's primary hook for the transition, else the first listed)."""
         if transition not in WAIT_STATE:
             raise ValueError(f"transition must be {LAUNCHING} or {TERMINATING}, not {transition!r}")
         with self._lock:
             _, state = self._instance_state(group, instance_id)
-            hook = hook or self._hook_for(group, transition)
+            hooks = self._hooks_for(group, transition)
+            hook = hook or self.primary_hooks.get((group, transition)) or hooks[0]
+            if hook not in hooks:
+                raise KeyError(f"group {group!r} has no {transition} hook {hook!r}")
             for action in self._active.values():
                 if action.instance_id == instance_id:
                     raise ValueError(f"{instance_id} already has an active lifecycle action")
-            action = LifecycleAction(str(uuid.uuid4()), group, hook, instance_id, transition)
-            self._active[action.token] = action
+            mine = None
+            for name in hooks:
+                action = LifecycleAction(str(uuid.uuid4()), group, name, instance_id, transition)
+                self._active[action.token] = action
+                if name == hook:
+                    mine = action
             state.lifecycle_state = WAIT_STATE[transition]
-            return action
+            assert mine is not None
+            return mine
+
+    def actions_of(self, instance_id: str) -> list[LifecycleAction]:
+        """The active actions of one instance (one per hook it waits on)."""
+        with self._lock:
+            return [a for a in self._active.values() if a.instance_id == instance_id]
 
     def active(self) -> list[LifecycleAction]:
         with self._lock:
@@ -173,6 +200,65 @@ class LifecycleRegistry:
                 if action.instance_id == instance_id:
                     del self._active[token]
             ec2.terminate_instances([instance_id])
+
+    def stop_instance(self, instance_id: str) -> None:
+        """Stops an instance through the EC2 API: it keeps its private IP and stays in its group
+        (Auto Scaling replaces it later, through the terminate hook)."""
+        with self._lock:
+            _, ec2 = self._backends()
+            ec2.stop_instances([instance_id])
+
+    def make_spot(self, instance_id: str) -> str:
+        """Makes `instance_id` a Spot instance, as if it had been launched from a Spot request:
+        `InstanceLifecycle: spot`, a `SpotInstanceRequestId`, and that request (`active`,
+        `fulfilled`) in DescribeSpotInstanceRequests. Returns the request ID."""
+        from moto.ec2.models.spot_requests import SpotInstanceRequest
+        from moto.ec2.utils import random_spot_request_id
+
+        class _Adopted(SpotInstanceRequest):
+            """A Spot request for an instance that already runs (moto's would launch another)."""
+
+            def __init__(self, instance, *args, **kwargs):
+                self._adopted = instance
+                super().__init__(*args, **kwargs)
+
+            def launch_instance(self):
+                return self._adopted
+
+        with self._lock:
+            _, ec2 = self._backends()
+            instance = ec2.get_instance(instance_id)
+            request_id = random_spot_request_id()
+            request = _Adopted(
+                instance, ec2, request_id, "0.05", instance.image_id, "one-time", None, None,
+                None, None, "", [], None, instance.instance_type, None, None, None, False,
+                instance.subnet_id, {}, None, "terminate",
+            )  # fmt: skip
+            ec2.spot_instance_requests[request_id] = request
+            instance.lifecycle = "spot"
+            # moto serialises `SpotInstanceRequestId` from this attribute.
+            instance.spot_instance_request_id = request_id
+            return request_id
+
+    def interrupt_spot(
+        self, instance_id: str, mark_request: bool = True, shutting_down: bool = False
+    ) -> None:
+        """Announces the Spot interruption of `instance_id`: its request's status becomes
+        `marked-for-termination` (what AWS shows during the two-minute notice; not with
+        `mark_request=False`); with `shutting_down`, the instance itself is `shutting-down`."""
+        with self._lock:
+            _, ec2 = self._backends()
+            instance = ec2.get_instance(instance_id)
+            request_id = getattr(instance, "spot_instance_request_id", None)
+            if request_id is None:
+                raise ValueError(f"{instance_id} is not a Spot instance (see make_spot)")
+            if mark_request:
+                request = ec2.spot_instance_requests[request_id]
+                request._status_code = "marked-for-termination"
+                request.status_message = "Your Spot Instance has been marked for termination."
+            if shutting_down:
+                instance._state.name = "shutting-down"
+                instance._state.code = 32
 
     # -- what the function does (called from moto's response class) ------------------------------
     def _find(self, group: str, hook: str, token: str | None, instance_id: str | None):
@@ -233,7 +319,14 @@ class LifecycleRegistry:
                     "time": call["time"],
                 }
             )
-            self._move_on(action, result)
+            others = [a for a in self._active.values() if a.instance_id == action.instance_id]
+            if result == "ABANDON":
+                # ABANDON ends the wait at once: the remaining hooks are skipped.
+                for other in others:
+                    del self._active[other.token]
+                others = []
+            if not others:
+                self._move_on(action, result)
             return action
 
     def heartbeat(
@@ -386,6 +479,18 @@ class Fault:
         return self.service == service and (self.action is None or self.action == action)
 
 
+class _Rendezvous:
+    def __init__(self, service: str, action: str, parties: int, timeout_s: float):
+        self.service = service
+        self.action = action
+        self.seats = parties
+        self.timeout_s = timeout_s
+        self.barrier = threading.Barrier(parties)
+
+    def matches(self, service: str, action: str | None) -> bool:
+        return self.service == service and self.action == action
+
+
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 
 
@@ -405,6 +510,7 @@ class FaultLayer:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
         self._watchers: list[tuple[str, str | None, Callable[[dict[str, Any]], None]]] = []
+        self._rendezvous: list[_Rendezvous] = []
         self.requests: list[dict[str, Any]] = []
 
     # -- Python control API ----------------------------------------------------------------------
@@ -416,6 +522,30 @@ class FaultLayer:
         with self._lock:
             self._watchers.append((service, action, callback))
 
+    def rendezvous(self, service: str, action: str, parties: int, timeout_s: float = 10.0) -> None:
+        """Holds each of the next `parties` requests of `service`/`action` until all of them
+        have arrived (or `timeout_s` passed), then passes them on together."""
+        if parties < 2:
+            raise ValueError("a rendezvous needs at least two parties")
+        with self._lock:
+            self._rendezvous.append(_Rendezvous(service, action, parties, timeout_s))
+
+    def _meet(self, service: str, action: str | None) -> str | None:
+        with self._lock:
+            meeting = next(
+                (r for r in self._rendezvous if r.matches(service, action) and r.seats > 0), None
+            )
+            if meeting is None:
+                return None
+            meeting.seats -= 1
+            if meeting.seats == 0:
+                self._rendezvous.remove(meeting)
+        try:
+            meeting.barrier.wait(meeting.timeout_s)
+            return "rendezvous"
+        except threading.BrokenBarrierError:
+            return "rendezvous-timeout"
+
     def inject(self, fault: Fault) -> None:
         with self._lock:
             self._faults.append(fault)
@@ -423,6 +553,9 @@ class FaultLayer:
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            for meeting in self._rendezvous:
+                meeting.barrier.abort()
+            self._rendezvous.clear()
 
     def pending_faults(self) -> list[Fault]:
         with self._lock:
@@ -458,7 +591,13 @@ class FaultLayer:
         form = parse_qs(body.decode("utf-8", "replace")) if body else {}
         action = (form.get("Action") or [None])[0]
         entry = {"time": time.time(), "service": service, "action": action, "fault": None}
-        for key in ("InstanceId", "LifecycleActionToken", "LifecycleActionResult"):
+        for key in (
+            "InstanceId",
+            "LifecycleActionToken",
+            "LifecycleActionResult",
+            "LifecycleHookName",
+            "AutoScalingGroupName",
+        ):
             if key in form:
                 entry[key] = form[key][0]
         if environ.get("HTTP_X_AMZ_SECURITY_TOKEN"):
@@ -470,6 +609,9 @@ class FaultLayer:
         for _, _, callback in due:
             callback(entry)
 
+        met = self._meet(service, action)
+        if met is not None:
+            entry["fault"] = met
         fault = self._take_fault(service, action)
         if fault is not None:
             entry["fault"] = fault.kind
@@ -672,6 +814,11 @@ class AwsServer:
         assert self.layer is not None
         self.layer.clear_faults()
 
+    def rendezvous(self, service: str, action: str, parties: int, timeout_s: float = 10.0) -> None:
+        """See `FaultLayer.rendezvous`."""
+        assert self.layer is not None, "start() the server first"
+        self.layer.rendezvous(service, action, parties, timeout_s)
+
     def on_request(
         self, service: str, action: str | None, callback: Callable[[dict[str, Any]], None]
     ) -> None:
@@ -710,6 +857,20 @@ class AwsServer:
     def terminate_outside_hooks(self, instance_id: str) -> None:
         self.registry.terminate_outside_hooks(instance_id)
 
+    def stop_instance(self, instance_id: str) -> None:
+        self.registry.stop_instance(instance_id)
+
+    def make_spot(self, instance_id: str) -> str:
+        return self.registry.make_spot(instance_id)
+
+    def interrupt_spot(
+        self, instance_id: str, mark_request: bool = True, shutting_down: bool = False
+    ) -> None:
+        self.registry.interrupt_spot(instance_id, mark_request, shutting_down)
+
+    def actions_of(self, instance_id: str) -> list[LifecycleAction]:
+        return self.registry.actions_of(instance_id)
+
     def lifecycle_state(self, instance_id: str) -> str | None:
         """What DescribeAutoScalingInstances reports, or None once the instance left its group."""
         found = self.client("autoscaling").describe_auto_scaling_instances(
@@ -728,6 +889,14 @@ class AwsServer:
 
 
 @dataclass
+class Network:
+    """The VPC and subnet every group of a stack launches into."""
+
+    vpc_id: str
+    subnet_id: str
+
+
+@dataclass
 class SeededGroup:
     """What `seed_group` created: the names tests need to build events and assertions."""
 
@@ -739,6 +908,16 @@ class SeededGroup:
     launch_hook: str
     terminate_hook: str
     instances: dict[str, str]  # instance ID -> private IP, in creation order
+    # Other tools' hooks on the group (name -> transition), listed before the etcd hooks.
+    foreign_hooks: dict[str, str] = field(default_factory=dict)
+
+
+def seed_network(server: AwsServer, subnet_cidr: str, vpc_cidr: str = "127.0.0.0/16") -> Network:
+    """A VPC and one subnet (loopback addresses work: see FACTS.md)."""
+    ec2 = server.client("ec2")
+    vpc_id = ec2.create_vpc(CidrBlock=vpc_cidr)["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc_id, CidrBlock=subnet_cidr)["Subnet"]
+    return Network(vpc_id, subnet["SubnetId"])
 
 
 def seed_group(
@@ -749,20 +928,22 @@ def seed_group(
     subnet_cidr: str | None = None,
     heartbeat_timeout: int = 300,
     default_result: str = "ABANDON",
+    network: Network | None = None,
+    foreign_hooks: dict[str, str] | None = None,
 ) -> SeededGroup:
-    """A VPC, a subnet, one instance per IP, a group with launch and terminate hooks, attached."""
-    ec2 = server.client("ec2")
+    """A group with launch and terminate hooks and one instance per IP, attached; in `network`,
+    or in a new VPC and subnet. `foreign_hooks` (name -> transition) are another tool's hooks on
+    the same group, created first so DescribeLifecycleHooks lists them before the etcd hooks."""
     asg = server.client("autoscaling")
-    if subnet_cidr is None:
-        first = ips[0].split(".")
-        subnet_cidr = f"{first[0]}.{first[1]}.{first[2]}.0/24"
-    vpc_id = ec2.create_vpc(CidrBlock=vpc_cidr)["Vpc"]["VpcId"]
-    subnet = ec2.create_subnet(VpcId=vpc_id, CidrBlock=subnet_cidr)["Subnet"]
-    image_id = IMAGE_ID
+    if network is None:
+        if subnet_cidr is None:
+            first = ips[0].split(".")
+            subnet_cidr = f"{first[0]}.{first[1]}.{first[2]}.0/24"
+        network = seed_network(server, subnet_cidr, vpc_cidr)
     template = f"{group}-lt"
-    ec2.create_launch_template(
+    server.client("ec2").create_launch_template(
         LaunchTemplateName=template,
-        LaunchTemplateData={"ImageId": image_id, "InstanceType": "t3.small"},
+        LaunchTemplateData={"ImageId": IMAGE_ID, "InstanceType": "t3.small"},
     )
     asg.create_auto_scaling_group(
         AutoScalingGroupName=group,
@@ -770,10 +951,11 @@ def seed_group(
         MinSize=0,
         MaxSize=len(ips) + 3,
         DesiredCapacity=0,
-        VPCZoneIdentifier=subnet["SubnetId"],
+        VPCZoneIdentifier=network.subnet_id,
     )
-    hooks = {}
-    for transition, name in ((LAUNCHING, f"{group}-launch"), (TERMINATING, f"{group}-terminate")):
+    foreign_hooks = dict(foreign_hooks or {})
+    own = {LAUNCHING: f"{group}-launch", TERMINATING: f"{group}-terminate"}
+    for name, transition in [*foreign_hooks.items(), *((n, t) for t, n in own.items())]:
         asg.put_lifecycle_hook(
             AutoScalingGroupName=group,
             LifecycleHookName=name,
@@ -781,30 +963,38 @@ def seed_group(
             HeartbeatTimeout=heartbeat_timeout,
             DefaultResult=default_result,
         )
-        hooks[transition] = name
+    for transition, name in own.items():
+        server.registry.primary_hooks[(group, transition)] = name
     instances = {}
     for ip in ips:
-        instance_id = launch_instance(server, subnet["SubnetId"], image_id, ip)
-        instances[instance_id] = ip
-    asg.attach_instances(AutoScalingGroupName=group, InstanceIds=list(instances))
+        instances[launch_instance(server, network.subnet_id, IMAGE_ID, ip)] = ip
+    if instances:
+        asg.attach_instances(AutoScalingGroupName=group, InstanceIds=list(instances))
     arn = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"][0][
         "AutoScalingGroupARN"
     ]
     return SeededGroup(
         group=group,
         group_arn=arn,
-        vpc_id=vpc_id,
-        subnet_id=subnet["SubnetId"],
+        vpc_id=network.vpc_id,
+        subnet_id=network.subnet_id,
         launch_template=template,
-        launch_hook=hooks[LAUNCHING],
-        terminate_hook=hooks[TERMINATING],
+        launch_hook=own[LAUNCHING],
+        terminate_hook=own[TERMINATING],
         instances=instances,
+        foreign_hooks=foreign_hooks,
     )
 
 
 def launch_instance(
-    server: AwsServer, subnet_id: str, image_id: str | None, ip: str, control: bool = False
+    server: AwsServer,
+    subnet_id: str,
+    image_id: str | None,
+    ip: str,
+    control: bool = False,
+    spot: bool = False,
 ) -> str:
+    """An instance on `ip`; with `spot`, a Spot instance with its Spot request (`make_spot`)."""
     r = server.client("ec2", control).run_instances(
         ImageId=image_id or IMAGE_ID,
         MinCount=1,
@@ -813,15 +1003,18 @@ def launch_instance(
         SubnetId=subnet_id,
         PrivateIpAddress=ip,
     )
-    return r["Instances"][0]["InstanceId"]
+    instance_id = r["Instances"][0]["InstanceId"]
+    if spot:
+        server.make_spot(instance_id)
+    return instance_id
 
 
 def launch_into_group(
-    server: AwsServer, seeded: SeededGroup, ip: str, control: bool = False
+    server: AwsServer, seeded: SeededGroup, ip: str, control: bool = False, spot: bool = False
 ) -> tuple[str, LifecycleAction]:
-    """A scale-out: a new instance joins the group and pauses on the launch hook (`control`: see
-    `AwsServer.client`)."""
-    instance_id = launch_instance(server, seeded.subnet_id, None, ip, control)
+    """A scale-out: a new instance joins the group and pauses on its launch hooks (`control`: see
+    `AwsServer.client`); the action returned is the etcd hook's."""
+    instance_id = launch_instance(server, seeded.subnet_id, None, ip, control, spot)
     server.client("autoscaling", control).attach_instances(
         AutoScalingGroupName=seeded.group, InstanceIds=[instance_id]
     )

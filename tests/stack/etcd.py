@@ -28,7 +28,13 @@ Faults for resilience tests (all opt-in; a cluster without them behaves exactly 
   knows advertised URLs), so they can refuse, reset, stall, delay or answer gRPC errors
   (`Unavailable`, `ResourceExhausted`), while this module's own checks go straight to the node;
 * `add_node`: a new member joining an existing cluster (a node's bootstrap script), for the
-  seeded chaos runs that grow the cluster again after scale-in.
+  seeded chaos runs that grow the cluster again after scale-in;
+* `hold_lock`: another holder of an etcd lock (etcd's v3lock API, under a lease), so a test can
+  show what the function does when it cannot take its membership lock.
+
+Nodes are keyed by their machine (in the stack, the instance ID); the name a node gives etcd
+(`--name`) is the node's `member_name`, which may differ (an EC2 host name under a custom DNS
+domain, say). `node_of(member)` finds a member's node by its peer URL.
 
 `tls=` (a `tls.TlsFiles`) serves clients over HTTPS and requires client certificates
 (`--client-cert-auth`); peers keep plain HTTP. This module's checks then present the client
@@ -37,6 +43,7 @@ certificate too.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -121,6 +128,12 @@ class Node:
     # A joining node's `--initial-cluster` (the membership it joins); None: the cluster's own.
     initial_cluster: str | None = None
     scheme: str = "http"  # of the client URLs ("https" in a TLS cluster)
+    # The name the node gives etcd (`--name`); None: the node's own name.
+    etcd_name: str | None = None
+
+    @property
+    def member_name(self) -> str:
+        return self.etcd_name or self.name
 
     @property
     def client_url(self) -> str:
@@ -156,11 +169,18 @@ class EtcdCluster:
         root: str | None = None,
         gated: bool = False,
         tls: Any = None,
+        member_names: list[str] | None = None,
+        extra_args: list[str] | None = None,
     ):
+        """`names` key the nodes; `member_names` (default: `names`) are what they call themselves
+        in etcd."""
         if len(names) != len(ips) or not names:
             raise ValueError("give one IP per member name")
+        if member_names is not None and len(member_names) != len(names):
+            raise ValueError("give one member name per node")
         self.gated = gated
         self.tls = tls
+        self.extra_args = list(extra_args or [])  # extra flags for every node, joiners too
         self.ssl_context = None
         if tls is not None:
             from .tls import client_ssl_context
@@ -171,13 +191,15 @@ class EtcdCluster:
         os.makedirs(self.root, exist_ok=True)
         self.token = f"e2e-{os.getpid()}-{int(time.time() * 1000)}"
         self.nodes: dict[str, Node] = {}
-        for name, ip in zip(names, ips):
+        for name, ip, etcd_name in zip(names, ips, member_names or names):
             self.nodes[name] = Node(
                 name=name,
                 ip=ip,
                 data_dir=os.path.join(self.root, name),
                 log_path=os.path.join(self.root, f"{name}.log"),
                 scheme="https" if tls is not None else "http",
+                etcd_name=etcd_name if etcd_name != name else None,
+                extra_args=list(self.extra_args),
             )
             if gated:
                 self._gate(self.nodes[name])
@@ -190,13 +212,15 @@ class EtcdCluster:
     # -- lifecycle ----------------------------------------------------------------------------------
     def _initial_cluster(self) -> str:
         return ",".join(
-            f"{n.name}={n.peer_url}" for n in self.nodes.values() if n.initial_cluster is None
+            f"{n.member_name}={n.peer_url}"
+            for n in self.nodes.values()
+            if n.initial_cluster is None
         )
 
     def _spawn(self, node: Node, state: str) -> None:
         args = [
             ETCD,
-            "--name", node.name,
+            "--name", node.member_name,
             "--data-dir", node.data_dir,
             "--listen-client-urls", node.client_url,
             "--advertise-client-urls", node.advertised_url,
@@ -280,9 +304,12 @@ class EtcdCluster:
             node.proc.send_signal(signal.SIGCONT)
         node.paused = False
 
-    def add_node(self, name: str, ip: str, initial_cluster: str) -> Node:
+    def add_node(
+        self, name: str, ip: str, initial_cluster: str, member_name: str | None = None
+    ) -> Node:
         """Starts a new node that joins the running cluster as the member already added for its
-        peer URL (`initial_cluster` must list every current member, as `name=peerURL` pairs)."""
+        peer URL (`initial_cluster` must list every current member, as `name=peerURL` pairs, this
+        node under `member_name`, default `name`)."""
         if name in self.nodes:
             raise ValueError(f"node {name} exists")
         node = Node(
@@ -292,6 +319,8 @@ class EtcdCluster:
             log_path=os.path.join(self.root, f"{name}.log"),
             initial_cluster=initial_cluster,
             scheme="https" if self.tls is not None else "http",
+            etcd_name=member_name if member_name not in (None, name) else None,
+            extra_args=list(self.extra_args),
         )
         if self.gated:
             self._gate(node)
@@ -369,6 +398,40 @@ class EtcdCluster:
     def member_names(self) -> list[str]:
         return sorted(m.name for m in self.members())
 
+    def node_of(self, member: Member) -> Node | None:
+        """The node a member runs on (by its peer URL), if this cluster started it."""
+        for node in self.nodes.values():
+            if node.peer_url in member.peer_urls:
+                return node
+        return None
+
+    def voters(self) -> list[Member]:
+        return [m for m in self.members() if not m.is_learner]
+
+    def healthy_voters(self) -> list[Member]:
+        """Voting members whose own node answers Status as that member (asked directly)."""
+        healthy = []
+        for member in self.voters():
+            node = self.node_of(member)
+            if node is None or not node.answering():
+                continue
+            try:
+                status = self._gateway(node.client_url, "/v3/maintenance/status", timeout=1.0)
+            except EtcdError:
+                continue
+            if int(status["header"]["member_id"]) == member.id:
+                healthy.append(member)
+        return healthy
+
+    def in_sync(self, name: str) -> bool:
+        """Whether node `name` answers and has the leader's raft index (a learner that etcd will
+        promote)."""
+        leader = self.leader()
+        if leader is None or not self.nodes[name].answering():
+            return False
+        mine = int(self.status(name).get("raftIndex", 0))
+        return mine > 0 and mine >= int(self.status(leader).get("raftIndex", 0))
+
     def status(self, name: str) -> dict:
         return self._gateway(self.nodes[name].client_url, "/v3/maintenance/status")
 
@@ -406,6 +469,30 @@ class EtcdCluster:
             {"ID": str(member_id)},
             prefer=via or self.leader(),
         )
+
+    def hold_lock(self, name: str, ttl: int = 60) -> "HeldLock":
+        """Takes etcd's lock `name` (v3lock API) under a lease of `ttl` seconds, as another
+        invocation would; `release()` the answer to give it back (revoking the lease)."""
+        lease = self._ask("/v3/lease/grant", {"TTL": ttl})
+        lease_id = lease["ID"]
+        try:
+            answer = self._ask(
+                "/v3/lock/lock", {"name": _b64(name), "lease": lease_id}, prefer=self.leader()
+            )
+        except BaseException:
+            self._ask("/v3/lease/revoke", {"ID": lease_id})
+            raise
+        return HeldLock(self, name, lease_id, answer["key"])
+
+    def lock_holders(self, name: str) -> list[str]:
+        """Keys of everyone holding or waiting for lock `name` (v3lock keys are `name/<lease>`)."""
+        prefix = f"{name}/".encode()
+        end = prefix[:-1] + bytes([prefix[-1] + 1])
+        answer = self._ask(
+            "/v3/kv/range",
+            {"key": _b64(prefix), "range_end": _b64(end), "keys_only": True},
+        )
+        return [base64.b64decode(kv["key"]).decode() for kv in answer.get("kvs", [])]
 
     # -- readiness -------------------------------------------------------------------------------
     def wait_healthy(self, timeout: float = 30.0) -> str:
@@ -478,3 +565,20 @@ class EtcdCluster:
     def log(self, name: str) -> str:
         with open(self.nodes[name].log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
+
+
+def _b64(value: str | bytes) -> str:
+    return base64.b64encode(value.encode() if isinstance(value, str) else value).decode()
+
+
+@dataclass
+class HeldLock:
+    """A lock taken by `EtcdCluster.hold_lock`."""
+
+    cluster: EtcdCluster
+    name: str
+    lease: str
+    key: str
+
+    def release(self) -> None:
+        self.cluster._ask("/v3/lease/revoke", {"ID": self.lease})

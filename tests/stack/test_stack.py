@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import time
 import unittest
 import urllib.error
@@ -18,7 +19,14 @@ import urllib.request
 import botocore.exceptions
 
 from tests.stack import AddressSlot, DeadEndpoint, Stack, events
-from tests.stack.aws import LAUNCHING, TERMINATING, AwsServer, launch_into_group, seed_group
+from tests.stack.aws import (
+    LAUNCHING,
+    TERMINATING,
+    AwsServer,
+    launch_into_group,
+    seed_group,
+    seed_network,
+)
 from tests.stack.etcd import EtcdCluster, EtcdError
 from tests.stack.runtime_api import FunctionDied, RuntimeApi
 
@@ -224,6 +232,29 @@ class AwsServerTest(unittest.TestCase):
         self.assertEqual(faulted, ["503", "503", "throttle", "throttle"])
         self.assertEqual(self.server.count("autoscaling", "DescribeAutoScalingGroups"), 4)
 
+    def test_rendezvous_lets_requests_through_together(self):
+        self.server.rendezvous("ec2", "DescribeInstances", parties=2, timeout_s=5)
+        passed: list[float] = []
+
+        def describe() -> None:
+            self.server.client("ec2").describe_instances()
+            passed.append(time.monotonic())
+
+        first = threading.Thread(target=describe)
+        first.start()
+        time.sleep(0.5)
+        self.assertEqual(passed, [], "the first request waits for the second")
+        self.asg.describe_auto_scaling_groups()  # another Action is never held
+        describe()
+        first.join(5)
+        self.assertEqual(len(passed), 2)
+        self.assertLess(abs(passed[0] - passed[1]), 0.3)
+        met = [r["fault"] for r in self.server.requests("ec2", "DescribeInstances")]
+        self.assertEqual(met, ["rendezvous", "rendezvous"])
+        started = time.monotonic()
+        self.ec2.describe_instances()  # the rendezvous is over: no wait
+        self.assertLess(time.monotonic() - started, 0.5)
+
     def test_stall_delays_then_answers(self):
         self.server.inject("ec2", "stall", 1, stall_s=0.5)
         started = time.monotonic()
@@ -258,6 +289,137 @@ class AwsServerTest(unittest.TestCase):
         with self.assertRaises(urllib.error.HTTPError) as ctx:
             call("POST", "/faults", {"service": "s3", "kind": "503", "times": 1})
         self.assertEqual(ctx.exception.code, 400)
+
+    def test_each_hook_of_a_transition_gets_its_own_action(self):
+        server = self.server
+        drain = seed_group(
+            server,
+            "grp-drain",
+            ["127.0.201.21", "127.0.201.22"],
+            network=seed_network(server, "127.0.201.0/24"),
+            foreign_hooks={"node-drain": TERMINATING},
+        )
+        hooks = self.asg.describe_lifecycle_hooks(AutoScalingGroupName="grp-drain")
+        self.assertEqual(
+            [h["LifecycleHookName"] for h in hooks["LifecycleHooks"]],
+            ["node-drain", "grp-drain-launch", "grp-drain-terminate"],
+            "another tool's hook is listed first",
+        )
+        first, second = drain.instances
+        action = server.start_lifecycle_action("grp-drain", first, TERMINATING)
+        self.assertEqual(action.hook, "grp-drain-terminate", "the etcd hook's action is returned")
+        both = {a.hook: a for a in server.actions_of(first)}
+        self.assertEqual(set(both), {"node-drain", "grp-drain-terminate"})
+        self.assertNotEqual(both["node-drain"].token, action.token)
+
+        # Ours completed: the instance still waits on the other hook.
+        self.asg.complete_lifecycle_action(
+            AutoScalingGroupName="grp-drain",
+            LifecycleHookName=action.hook,
+            InstanceId=first,
+            LifecycleActionResult="CONTINUE",
+        )
+        self.assertEqual(server.lifecycle_state(first), "Terminating:Wait")
+        self.assertEqual(server.ec2_state(first), "running")
+        self.asg.complete_lifecycle_action(
+            AutoScalingGroupName="grp-drain",
+            LifecycleHookName="node-drain",
+            LifecycleActionToken=both["node-drain"].token,
+            LifecycleActionResult="CONTINUE",
+        )
+        self.assertIsNone(server.lifecycle_state(first))
+        self.assertEqual(server.ec2_state(first), "terminated")
+
+        # An ABANDON on one hook ends the wait at once: the other action is gone too.
+        action = server.start_lifecycle_action("grp-drain", second, TERMINATING, hook="node-drain")
+        self.assertEqual(action.hook, "node-drain")
+        self.asg.complete_lifecycle_action(
+            AutoScalingGroupName="grp-drain",
+            LifecycleHookName="node-drain",
+            LifecycleActionToken=action.token,
+            LifecycleActionResult="ABANDON",
+        )
+        self.assertEqual(server.actions_of(second), [])
+        self.assertEqual(server.ec2_state(second), "terminated")
+        self.assertEqual(
+            {(c["hook"], c["result"]) for c in server.completions()},
+            {
+                ("grp-drain-terminate", "CONTINUE"),
+                ("node-drain", "CONTINUE"),
+                ("node-drain", "ABANDON"),
+            },
+        )
+
+    def test_spot_instance_and_its_interruption(self):
+        def described(instance_id: str) -> dict:
+            r = self.ec2.describe_instances(InstanceIds=[instance_id])
+            return r["Reservations"][0]["Instances"][0]
+
+        spot = self.ids[0]
+        request_id = self.server.make_spot(spot)
+        self.assertEqual(described(spot).get("InstanceLifecycle"), "spot")
+        self.assertEqual(described(spot).get("SpotInstanceRequestId"), request_id)
+        self.assertNotIn("SpotInstanceRequestId", described(self.ids[1]))
+
+        def status() -> tuple[str, str, str]:
+            [r] = self.ec2.describe_spot_instance_requests(SpotInstanceRequestIds=[request_id])[
+                "SpotInstanceRequests"
+            ]
+            return r["InstanceId"], r["State"], r["Status"]["Code"]
+
+        self.assertEqual(status(), (spot, "active", "fulfilled"))
+        self.server.interrupt_spot(spot)
+        self.assertEqual(status(), (spot, "active", "marked-for-termination"))
+        self.assertEqual(self.server.ec2_state(spot), "running")
+        other_spot = self.ids[2]
+        self.server.make_spot(other_spot)
+        self.server.interrupt_spot(other_spot, mark_request=False, shutting_down=True)
+        self.assertEqual(self.server.ec2_state(other_spot), "shutting-down")
+        [r] = self.ec2.describe_spot_instance_requests(
+            Filters=[{"Name": "instance-id", "Values": [other_spot]}]
+        )["SpotInstanceRequests"]
+        self.assertEqual(r["Status"]["Code"], "fulfilled")
+        with self.assertRaises(ValueError):
+            self.server.interrupt_spot(self.ids[1])
+        # Launched as Spot: the same.
+        new, _ = launch_into_group(self.server, self.seeded, "127.0.200.16", spot=True)
+        self.assertEqual(described(new).get("InstanceLifecycle"), "spot")
+        self.assertTrue(described(new).get("SpotInstanceRequestId", "").startswith("sir-"))
+
+    def test_stopped_instance_keeps_its_address_and_group(self):
+        stopped = self.ids[2]
+        self.server.stop_instance(stopped)
+        self.assertEqual(self.server.ec2_state(stopped), "stopped")
+        self.assertEqual(self.states()[stopped], "InService")
+        existing = ["pending", "running", "stopping", "stopped"]
+
+        def found(*filters) -> list[str]:
+            r = self.ec2.describe_instances(
+                Filters=[{"Name": n, "Values": v} for n, v in filters]
+            )
+            return [i["InstanceId"] for res in r["Reservations"] for i in res["Instances"]]
+
+        tagged = ("tag:aws:autoscaling:groupName", ["grp"])
+        states = ("instance-state-name", existing)
+        self.assertNotIn(stopped, found(tagged, ("instance-state-name", ["pending", "running"])))
+        self.assertIn(stopped, found(tagged, states))
+        self.assertEqual(found(states, ("private-ip-address", ["127.0.200.13"])), [stopped])
+        self.assertEqual(found(("instance-id", [stopped])), [stopped])
+        self.server.terminate_outside_hooks(stopped)
+        self.assertEqual(found(states, ("instance-id", [stopped])), [])
+        self.assertEqual(found(("instance-id", [stopped])), [stopped], "still described by ID")
+
+    def test_groups_share_a_network_and_keep_their_instances_apart(self):
+        network = seed_network(self.server, "127.0.202.0/24")
+        a = seed_group(self.server, "zone-a", ["127.0.202.11", "127.0.202.12"], network=network)
+        b = seed_group(self.server, "zone-b", ["127.0.202.13"], network=network)
+        self.assertEqual((a.subnet_id, a.vpc_id), (b.subnet_id, b.vpc_id))
+        for seeded in (a, b):
+            r = self.ec2.describe_instances(
+                Filters=[{"Name": "tag:aws:autoscaling:groupName", "Values": [seeded.group]}]
+            )
+            ids = {i["InstanceId"] for res in r["Reservations"] for i in res["Instances"]}
+            self.assertEqual(ids, set(seeded.instances))
 
     def test_two_servers_do_not_share_state(self):
         with AwsServer() as other:
@@ -376,6 +538,64 @@ class StackTest(unittest.TestCase):
             self.assertEqual(event["detail"]["EC2InstanceId"], new)
             self.assertEqual(event["account"], stack.account())
         self.assertIsNone(stack.slot)
+
+    def test_layouts_groups_host_names_outside_node_lock_and_joining_learner(self):
+        with Stack(
+            groups={"zone-a": 2, "zone-b": 1},
+            naming="hostname",
+            outside_nodes=1,
+            foreign_hooks={"node-drain": TERMINATING},
+        ) as stack:
+            a1, a2 = stack.instances_of("zone-a")
+            [b1] = stack.instances_of("zone-b")
+            self.assertEqual(stack.instance_ids, [a1, a2, b1])
+            self.assertEqual(stack.group, "zone-a")
+            self.assertEqual(stack.env()["ASG_NAMES"], "zone-a,zone-b")
+            # Members are named by host name under the custom domain; the outside node by its
+            # own name, with no instance anywhere.
+            ip = stack.ip_of(b1)
+            self.assertEqual(stack.member_name(b1), f"ip-{ip.replace('.', '-')}.corp.example")
+            names = stack.etcd.member_names()
+            self.assertIn(f"ip-{ip.replace('.', '-')}.corp.example", names)
+            self.assertIn("etcd-outside-1", names)
+            self.assertEqual(stack.member_ids(), sorted([a1, a2, b1, "etcd-outside-1"]))
+            outside_ip = stack.ip_of("etcd-outside-1")
+            r = stack.aws.client("ec2").describe_instances(
+                Filters=[{"Name": "private-ip-address", "Values": [outside_ip]}]
+            )
+            self.assertEqual(r["Reservations"], [])
+            self.assertIn(stack.leader(), stack.member_ids())
+            self.assertTrue(set(stack.followers("zone-a")) <= {a1, a2})
+
+            # Events carry their own group's ARN; the etcd hook's action comes back.
+            action = stack.start_terminate(b1)
+            self.assertEqual((action.group, action.hook), ("zone-b", "zone-b-terminate"))
+            self.assertEqual(len(stack.aws.actions_of(b1)), 2)
+            self.assertIn("zone-b", stack.eventbridge(action)["resources"][0])
+
+            # Someone else holds the membership lock, then gives it back.
+            held = stack.etcd.hold_lock("etcd-lifecycle-hook/membership", ttl=30)
+            self.assertEqual(len(stack.etcd.lock_holders("etcd-lifecycle-hook/membership")), 1)
+            held.release()
+            self.assertEqual(stack.etcd.lock_holders("etcd-lifecycle-hook/membership"), [])
+
+            # A new instance: its learner is added (as the function would), its node joins.
+            new, _ = stack.start_launch(group="zone-b")
+            self.assertEqual(stack.group_of(new), "zone-b")
+            stack.etcd.add_member(f"http://{stack.ip_of(new)}:2380", learner=True)
+            self.assertIn(new, stack.member_ids(), "an unstarted learner is named by its address")
+            stack.join(new)
+            stack.etcd.wait_until(lambda: stack.etcd.in_sync(new), what=f"{new} in sync")
+            [learner] = [m for m in stack.etcd.members() if m.is_learner]
+            self.assertEqual(learner.name, stack.member_name(new))
+            self.assertEqual(stack.etcd.node_of(learner).name, new)
+            self.assertEqual(len(stack.etcd.healthy_voters()), 4)
+
+            # Stopped in EC2: its node stops with it.
+            stack.stop_instance(a2)
+            self.assertFalse(stack.etcd.nodes[a2].running())
+            self.assertEqual(stack.aws.ec2_state(a2), "stopped")
+            self.assertEqual(len(stack.etcd.healthy_voters()), 3)
 
     def test_dead_endpoint_counts_refused_work(self):
         dead = DeadEndpoint()
