@@ -67,7 +67,8 @@ def missing_tests(wanted: list[str], available: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run the e2e subset on the arm64 bootstrap under qemu.")
     p.add_argument("--bootstrap", default=os.environ.get("ARM64_BOOTSTRAP", DEFAULT_BOOTSTRAP))
-    p.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("E2E_JOBS", "3")))
+    p.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("E2E_ARM64_JOBS", "1")),
+                   help="tests at a time (default 1: emulation makes timing-sensitive steps slow)")
     p.add_argument("-k", dest="patterns", action="append", default=[], help="substring of test IDs")
     p.add_argument("--timeout", type=float, default=300.0, help="per test, seconds")
     args = p.parse_args(argv)
