@@ -4,6 +4,11 @@
 #     protobuf well-known types for etcd-client's build script;
 #   - cargo-deny, for the dependency policy in deny.toml;
 #   - a Python venv (.venv) with moto's server for the local Auto Scaling / EC2 stack.
+# With `deploy` (`scripts/setup.sh deploy`, called by the deploy-path targets of the Makefile), also
+# what building and trying the Lambda the way users deploy it takes:
+#   - Debian's qemu-user-static and libc6-arm64-cross, to run the arm64 bootstrap on x86_64;
+#   - the rustup target aarch64-unknown-linux-gnu;
+#   - a second venv (.venv-deploy) with cargo-lambda, zig and the SAM CLI (requirements-deploy.txt).
 # Idempotent and quiet when everything is already there. Called by `make` and `.ci/run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,11 +21,18 @@ as_root() {
   fi
 }
 
+mode=${1:-base}
+case "$mode" in base | deploy) ;; *) log "unknown mode '$mode' (expected: base or deploy)"; exit 2 ;; esac
+
 need_apt=()
 command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
+if [ "$mode" = deploy ]; then
+  command -v qemu-aarch64-static >/dev/null || need_apt+=(qemu-user-static)
+  [ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] || need_apt+=(libc6-arm64-cross)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -43,5 +55,23 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   log "creating .venv with $(python3 --version)"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+  echo "$want" > "$stamp"
+fi
+
+[ "$mode" = deploy ] || exit 0
+
+# The arm64 standard library, for `cargo lambda build --arm64`.
+if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+  log "adding the rustup target aarch64-unknown-linux-gnu"
+  rustup target add aarch64-unknown-linux-gnu >/tmp/setup-rustup.log 2>&1 \
+    || { cat /tmp/setup-rustup.log >&2; log "rustup target add failed"; exit 1; }
+fi
+
+stamp=.venv-deploy/.requirements.sha256
+want=$(sha256sum requirements-deploy.txt | cut -d' ' -f1)
+if [ ! -x .venv-deploy/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "creating .venv-deploy (cargo-lambda, zig, SAM CLI; about a minute)"
+  python3 -m venv .venv-deploy
+  .venv-deploy/bin/pip install -q --disable-pip-version-check -r requirements-deploy.txt
   echo "$want" > "$stamp"
 fi

@@ -38,9 +38,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 LIFECYCLE_ACTIONS = {"autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"}
 # What the Lambda service needs in order to run the function, not what the code calls.
-VPC_ENI_ACTIONS = {
+VPC_ENI_ACTIONS = {  # AWS's managed AWSLambdaVPCAccessExecutionRole, without its logs part
     "ec2:CreateNetworkInterface",
     "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
     "ec2:DeleteNetworkInterface",
     "ec2:AssignPrivateIpAddresses",
     "ec2:UnassignPrivateIpAddresses",

@@ -30,7 +30,10 @@ mod tests {
 """
 EC2_RS = """
 use aws_sdk_ec2 as ec2;
-async fn f(c: &ec2::Client) { c.describe_instances().into_paginator(); }
+async fn f(c: &ec2::Client) {
+    c.describe_instances().into_paginator();
+    c.describe_spot_instance_requests().send().await;
+}
 """
 
 
@@ -68,6 +71,7 @@ class CheckTemplateTest(unittest.TestCase):
                 "autoscaling:DescribeAutoScalingGroups",
                 "autoscaling:DescribeLifecycleHooks",
                 "ec2:DescribeInstances",
+                "ec2:DescribeSpotInstanceRequests",
             },
         )
 
