@@ -255,6 +255,15 @@ impl Config {
         self.asg_names.is_empty() || self.asg_names.iter().any(|g| g == group)
     }
 
+    /// The groups whose instances may run the cluster's members, for an event of `group`: the
+    /// event's group and every group of `ASG_NAMES` (one cluster over one group per zone is
+    /// common; a zone's group alone may have no running member to ask).
+    pub fn cluster_groups(&self, group: &str) -> Vec<String> {
+        let mut groups = vec![group.to_string()];
+        groups.extend(self.asg_names.iter().filter(|g| *g != group).cloned());
+        groups
+    }
+
     /// Whether `hook` is one of ours (`LIFECYCLE_HOOK_NAMES` empty means every hook).
     pub fn owns_hook(&self, hook: &str) -> bool {
         self.lifecycle_hook_names.is_empty() || self.lifecycle_hook_names.iter().any(|h| h == hook)
@@ -402,6 +411,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.asg_names, vec!["etcd-a", "etcd-b"]);
         assert!(c.handles_group("etcd-b") && !c.handles_group("other"));
+        assert_eq!(c.cluster_groups("etcd-b"), vec!["etcd-b", "etcd-a"]);
+        assert_eq!(Config::default().cluster_groups("g"), vec!["g"]);
         assert_eq!(c.lifecycle_hook_names, vec!["drain"]);
         assert!(c.owns_hook("drain") && !c.owns_hook("other-tools-hook"));
         assert_eq!(

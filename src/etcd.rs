@@ -110,6 +110,10 @@ pub struct EtcdMembership {
     removed: Mutex<VecDeque<u64>>,
     /// Endpoints whose last try got no answer: asked after the others.
     silent: Mutex<HashSet<String>>,
+    /// The client URLs the members advertised in the latest member list, by member: asked too
+    /// when the instances give too few (a zone's only instance being removed, one group of a
+    /// cluster over several).
+    known: Mutex<Vec<(u64, String)>>,
 }
 
 impl fmt::Debug for EtcdMembership {
@@ -137,6 +141,7 @@ impl EtcdMembership {
             tls_files: config.etcd_tls.clone(),
             removed: Mutex::new(VecDeque::new()),
             silent: Mutex::new(HashSet::new()),
+            known: Mutex::new(Vec::new()),
         })
     }
 
@@ -165,9 +170,10 @@ impl EtcdMembership {
         urls
     }
 
-    /// [`endpoints_for`](Self::endpoints_for), or `Unreachable` when there are none to ask.
+    /// [`endpoints_for`](Self::endpoints_for) and then the client URLs the members advertised
+    /// last time, or `Unreachable` when there are none to ask.
     fn cluster_endpoints(&self, peers: &[Instance]) -> Result<Vec<String>, MembershipError> {
-        let urls = self.endpoints_for(peers);
+        let urls = self.with_known(self.endpoints_for(peers));
         if urls.is_empty() {
             return Err(MembershipError::Unreachable {
                 endpoints: "none".to_string(),
@@ -177,7 +183,25 @@ impl EtcdMembership {
         Ok(urls)
     }
 
+    /// `urls`, then the members' advertised client URLs not among them.
+    fn with_known(&self, mut urls: Vec<String>) -> Vec<String> {
+        for (_, url) in lock(&self.known).iter() {
+            if !urls.contains(url) {
+                urls.push(url.clone());
+            }
+        }
+        urls
+    }
+
+    fn remember_members(&self, members: &[Member]) {
+        *lock(&self.known) = members
+            .iter()
+            .flat_map(|m| m.client_urls.iter().map(|u| (m.id, u.clone())))
+            .collect();
+    }
+
     fn remember_removed(&self, member: u64) {
+        lock(&self.known).retain(|(id, _)| *id != member);
         let mut removed = lock(&self.removed);
         if !removed.contains(&member) {
             removed.push_back(member);
@@ -587,7 +611,9 @@ impl Membership for EtcdMembership {
     /// Revokes the lock's lease, which deletes the lock's key and wakes the next waiter. A
     /// failure is only logged: the lease expires with the invocation anyway.
     async fn unlock(&self, lock: MembershipLock, deadline: &Deadline) {
-        self.revoke(lock.lease, &lock.endpoints, deadline).await;
+        // The endpoint the lock was taken through may be the member just removed.
+        let urls = self.with_known(lock.endpoints);
+        self.revoke(lock.lease, &urls, deadline).await;
     }
 
     /// The member list from the first endpoint that answers (never one this process removed,
@@ -618,6 +644,7 @@ impl Membership for EtcdMembership {
         // A member that has not applied a removal yet still lists the removed member; etcd
         // never reuses an ID, so one this process saw removed is gone for good.
         members.retain(|m| !removed.contains(&m.id));
+        self.remember_members(&members);
 
         let statuses = join_all(members.iter().map(|m| self.status_of(m, deadline))).await;
         let mut healthy = Vec::new();

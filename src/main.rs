@@ -136,10 +136,10 @@ impl<T: Send + Sync> OnFirstUse<T> {
 impl Fleet for OnFirstUse<Ec2Fleet> {
     async fn group_instances(
         &self,
-        group: &str,
+        groups: &[String],
         deadline: &Deadline,
     ) -> Result<Vec<Instance>, AwsError> {
-        self.get().await.group_instances(group, deadline).await
+        self.get().await.group_instances(groups, deadline).await
     }
 
     async fn instance(&self, id: &str, deadline: &Deadline) -> Result<Option<Instance>, AwsError> {

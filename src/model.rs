@@ -144,11 +144,12 @@ pub enum AwsError {
 
 /// EC2's view of the instances.
 pub trait Fleet: Send + Sync {
-    /// The group's instances that still exist ([`EXISTING_STATES`]), in one paged
-    /// `DescribeInstances` filtered by the `aws:autoscaling:groupName` tag.
+    /// The instances that still exist ([`EXISTING_STATES`]) of `groups` (the event's group and
+    /// every other group of the cluster), in one paged `DescribeInstances` filtered by the
+    /// `aws:autoscaling:groupName` tag.
     fn group_instances(
         &self,
-        group: &str,
+        groups: &[String],
         deadline: &Deadline,
     ) -> impl Future<Output = Result<Vec<Instance>, AwsError>> + Send;
 

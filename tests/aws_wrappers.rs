@@ -267,7 +267,7 @@ async fn describe_instances_follows_every_page() {
         });
     let fleet = ec2_fleet(&[&first, &second], &resilience());
     let instances = fleet
-        .group_instances("etcd-asg", &deadline())
+        .group_instances(&["etcd-asg".into()], &deadline())
         .await
         .unwrap();
     let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
@@ -303,7 +303,7 @@ async fn the_group_listing_includes_stopped_instances() {
         .then_output(|| DescribeInstancesOutput::builder().build());
     let fleet = ec2_fleet(&[&rule], &resilience());
     fleet
-        .group_instances("etcd-asg", &deadline())
+        .group_instances(&["etcd-asg".into()], &deadline())
         .await
         .unwrap();
     assert_eq!(rule.num_calls(), 1);

@@ -538,3 +538,37 @@ async fn a_second_lock_request_on_the_same_lease_is_the_same_acquisition() {
     assert_eq!(ok(again, "second lock").key(), first.key());
     ok(client.lease_revoke(lease).await, "revoke");
 }
+
+/// A zone's only instance is scaled in: the function found etcd through that instance alone.
+/// After its member is removed, the lock is still released (through the URLs the members
+/// advertised), so other invocations are not held for the lock's whole lease.
+#[tokio::test]
+async fn the_lock_is_released_after_removing_the_only_endpoint_it_was_taken_through() {
+    let cluster = EtcdCluster::start(170, 3).await;
+    cluster.wait_reconfig_ready().await;
+    let only_zone_instance = vec![cluster.instances()[2].clone()];
+    let config = Config {
+        etcd_endpoints: Vec::new(),
+        etcd_client_port: 2379,
+        ..cluster.config()
+    };
+    let (etcd, _) = membership_with(&config);
+    let (other, _) = membership(&cluster);
+    let held = ok(etcd.lock(&only_zone_instance, &deadline()).await, "lock");
+    let view = ok(
+        etcd.cluster(&only_zone_instance, &deadline()).await,
+        "view through the zone's instance",
+    );
+    let victim = cluster.id_of(3).await;
+    let removal = etcd.remove(&view, victim, &deadline()).await;
+    assert_eq!(ok(removal, "removing the zone's member"), Removal::Removed);
+    etcd.unlock(held, &deadline()).await;
+    let asked = Instant::now();
+    let next = other.lock(&cluster.instances()[..2], &deadline()).await;
+    assert!(
+        next.is_ok() && asked.elapsed() < LOCK_WAIT,
+        "the lock was left held: {next:?} after {:?}",
+        asked.elapsed()
+    );
+    other.unlock(ok(next, "next lock"), &deadline()).await;
+}

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 struct FixedFleet(Vec<Instance>);
 
 impl Fleet for FixedFleet {
-    async fn group_instances(&self, _: &str, _: &Deadline) -> Result<Vec<Instance>, AwsError> {
+    async fn group_instances(&self, _: &[String], _: &Deadline) -> Result<Vec<Instance>, AwsError> {
         Ok(self.0.clone())
     }
     async fn instance(&self, id: &str, _: &Deadline) -> Result<Option<Instance>, AwsError> {

@@ -97,13 +97,16 @@ fn instance_from(i: &aws_sdk_ec2::types::Instance) -> Option<Instance> {
 impl Fleet for Ec2Fleet {
     async fn group_instances(
         &self,
-        group: &str,
+        groups: &[String],
         deadline: &Deadline,
     ) -> Result<Vec<Instance>, AwsError> {
         let query = || {
             self.client
                 .describe_instances()
-                .filters(filter("tag:aws:autoscaling:groupName", [group.to_string()]))
+                .filters(filter(
+                    "tag:aws:autoscaling:groupName",
+                    groups.iter().cloned(),
+                ))
                 .filters(existing())
         };
         self.describe(query, deadline).await

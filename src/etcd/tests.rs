@@ -96,6 +96,37 @@ fn endpoints_come_from_etcd_endpoints_or_else_the_peers_ips() {
     );
 }
 
+/// The members' advertised client URLs are asked after the instances' addresses, and a member
+/// this process removed is no longer asked.
+#[test]
+fn endpoints_add_what_the_members_advertised_last_time() {
+    let etcd = membership(&Config {
+        etcd_client_scheme: Scheme::Http,
+        ..Config::default()
+    });
+    let peers = [instance("i-a", Some("10.0.1.5"))];
+    etcd.remember_members(&[
+        member(1, &["http://10.0.1.5:2379"]),
+        member(2, &["http://10.0.2.6:2379"]),
+        member(3, &["http://10.0.3.7:2379"]),
+    ]);
+    assert_eq!(
+        etcd.cluster_endpoints(&peers)
+            .unwrap_or_else(|e| panic!("{e}")),
+        vec![
+            "http://10.0.1.5:2379",
+            "http://10.0.2.6:2379",
+            "http://10.0.3.7:2379"
+        ]
+    );
+    etcd.remember_removed(2);
+    assert_eq!(
+        etcd.cluster_endpoints(&[])
+            .unwrap_or_else(|e| panic!("{e}")),
+        vec!["http://10.0.1.5:2379", "http://10.0.3.7:2379"]
+    );
+}
+
 #[test]
 fn unreadable_tls_files_name_the_variable_and_the_path() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

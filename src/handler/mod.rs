@@ -379,7 +379,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         }
         match self
             .fleet
-            .group_instances(&target.group, target.deadline)
+            .group_instances(&self.config.cluster_groups(&target.group), target.deadline)
             .await
         {
             Ok(instances) => Ok((result, instances)),

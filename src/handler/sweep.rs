@@ -127,7 +127,8 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             result.detail = format!("membership left as is: {open}");
             return result;
         }
-        let instances = match self.fleet.group_instances(group, deadline).await {
+        let groups = self.config.cluster_groups(group);
+        let instances = match self.fleet.group_instances(&groups, deadline).await {
             Ok(instances) => instances,
             Err(e) => return fail(result, aws_error(group, "", &e)),
         };

@@ -59,8 +59,13 @@ impl FakeFleet {
 }
 
 impl Fleet for FakeFleet {
-    async fn group_instances(&self, group: &str, _: &Deadline) -> Result<Vec<Instance>, AwsError> {
-        self.calls.push(format!("ec2:DescribeInstances {group}"));
+    async fn group_instances(
+        &self,
+        groups: &[String],
+        _: &Deadline,
+    ) -> Result<Vec<Instance>, AwsError> {
+        self.calls
+            .push(format!("ec2:DescribeInstances {}", groups.join(",")));
         Ok(self.instances.clone())
     }
 
@@ -1308,6 +1313,19 @@ mod layouts {
         assert!(
             detail.contains("i-00000000000000004 has no member: added as learner"),
             "{detail}"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_group_of_the_cluster_is_asked_for_instances_in_one_call() {
+        let mut world = World::three_nodes();
+        world.config.asg_names = vec!["etcd-zone-b".into(), GROUP.into()];
+        let (h, calls, _) = world.build();
+        h.handle(&terminate(3), minute()).await.unwrap();
+        assert_eq!(
+            calls.all()[0],
+            "ec2:DescribeInstances etcd-asg,etcd-zone-b",
+            "the event's group first, then the others"
         );
     }
 
