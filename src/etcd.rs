@@ -43,7 +43,7 @@ use crate::model::{
     ClusterView, Instance, Member, Membership, MembershipError, MembershipLock, Promotion, Removal,
 };
 use crate::resilience::classify::{Class, Classify};
-use crate::resilience::policy::{Deadline, LOCK_WAIT};
+use crate::resilience::policy::Deadline;
 use crate::resilience::{CallError, Dependency, Resilience};
 
 /// Longest wait for the TCP (and TLS) connection to one member.
@@ -558,42 +558,55 @@ impl Membership for EtcdMembership {
     /// invocation. One lease for every try: a lock request whose answer was lost (cut off,
     /// or its endpoint died after the server took it) leaves a key on that lease, and etcd
     /// treats a second request on the same lease as the same acquisition, so the function never
-    /// waits behind its own lost request. A lock not free within [`Deadline::lock_wait`] is
-    /// `Locked`; the lease is revoked then (and on any other failure), so this invocation's
-    /// place in the lock's queue goes with it.
+    /// waits behind its own lost request. Each try first has the endpoint answer a quick request
+    /// on the lease (granting it, or reading its time to live), so a hung endpoint is passed
+    /// over by its request timeout and never eats the lock's wait. A lock not free within
+    /// [`Deadline::lock_wait`] of a responsive endpoint is `Locked`; the lease is revoked then
+    /// (and on any other failure), so this invocation's place in the lock's queue goes with it.
     async fn lock(
         &self,
         peers: &[Instance],
         deadline: &Deadline,
     ) -> Result<MembershipLock, MembershipError> {
         let urls = self.cluster_endpoints(peers)?;
-        let now = Instant::now();
-        let (ttl, wait_until) = (deadline.lease_ttl_secs(now), now + deadline.lock_wait(now));
-        if wait_until <= now || ttl < 1 {
+        let ttl = deadline.lease_ttl_secs(Instant::now());
+        if deadline.lock_wait(Instant::now()).is_zero() || ttl < 1 {
             return Err(MembershipError::Failed {
                 operation: "take the membership lock",
                 detail: "too little time left before the deadline to wait for the lock".into(),
             });
         }
-        let grant =
-            move |mut client: Client| async move { Ok(client.lease_grant(ttl, None).await?.id()) };
-        let lease = self
-            .retry_without_leader("grant the lock's lease", &urls, deadline, &grant)
-            .await?;
-        let take = move |mut client: Client| async move {
-            let wait = wait_until.saturating_duration_since(Instant::now());
-            let options = LockOptions::new().with_lease(lease);
-            match tokio::time::timeout(wait, client.lock(LOCK_NAME, Some(options))).await {
-                Ok(Ok(answer)) => Ok(answer.key().to_vec()),
-                Ok(Err(e)) => Err(e.into()),
-                Err(_) => Err(OpError::Locked(LOCK_WAIT)),
+        let lease: Arc<Mutex<Option<i64>>> = Arc::new(Mutex::new(None));
+        let budget = *deadline;
+        let take = |mut client: Client| {
+            let lease = Arc::clone(&lease);
+            async move {
+                let granted = *lock(&lease);
+                let id = match granted {
+                    Some(id) => {
+                        client.lease_time_to_live(id, None).await?;
+                        id
+                    }
+                    None => {
+                        let id = client.lease_grant(ttl, None).await?.id();
+                        *lock(&lease) = Some(id);
+                        id
+                    }
+                };
+                let wait = budget.lock_wait(Instant::now());
+                let options = LockOptions::new().with_lease(id);
+                match tokio::time::timeout(wait, client.lock(LOCK_NAME, Some(options))).await {
+                    Ok(Ok(answer)) => Ok((answer.key().to_vec(), id)),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(_) => Err(OpError::Locked(wait)),
+                }
             }
         };
-        match self
+        let taken = self
             .retry_without_leader("take the membership lock", &urls, deadline, &take)
-            .await
-        {
-            Ok(key) => {
+            .await;
+        match taken {
+            Ok((key, lease)) => {
                 tracing::debug!(lease, ttl, "took the membership lock");
                 Ok(MembershipLock {
                     key,
@@ -602,7 +615,10 @@ impl Membership for EtcdMembership {
                 })
             }
             Err(e) => {
-                self.revoke(lease, &urls, deadline).await;
+                let granted = *lock(&lease);
+                if let Some(id) = granted {
+                    self.revoke(id, &urls, deadline).await;
+                }
                 Err(e)
             }
         }
