@@ -9,6 +9,7 @@ failure message carries the function's recent output, so a red test explains its
 from __future__ import annotations
 
 import json
+import time
 import unittest
 from typing import Any
 
@@ -16,6 +17,9 @@ from tests.stack import FunctionProcess, Stack, bootstrap_path, events  # noqa: 
 from tests.stack.aws import LifecycleAction
 
 HOLD_WORD = "held"
+# etcd's own "not now" answers (a node just back, a leader just elected), which a redelivery
+# outlasts.
+ETCD_NOT_YET = ("unhealthy cluster", "no leader")
 # The summary's `action` values (src/handler.rs): completed, held, skipped, ignored, failed; its
 # `result` values: CONTINUE, ALREADY_DONE, HEARTBEAT, ACTION_OVER, NONE, ERROR.
 
@@ -43,6 +47,35 @@ class E2ETestCase(unittest.TestCase):
         ok, payload = fn.invoke(event, timeout_ms=timeout_ms)
         self._last = (fn, ok, payload)
         return ok, payload
+
+    def deliver_until_done(
+        self,
+        event: Any,
+        fn: FunctionProcess | None = None,
+        within_s: float = 20.0,
+        hold_words: tuple[str, ...] = (),
+    ) -> tuple[dict, list[str]]:
+        """Delivers `event` again after each hold, as AWS does (async retry, SQS redelivery),
+        until the answer is a success; the only other answer allowed on the way is a hold (etcd
+        itself refuses membership changes for a few seconds after a member joins, a node comes
+        back or a leader is elected), naming one of `hold_words` when given. Returns the
+        successful payload and the hold messages."""
+        end = time.monotonic() + within_s
+        holds: list[str] = []
+        while True:
+            ok, payload = self.invoke(event, fn=fn)
+            if ok:
+                return self.assertSucceeded(ok, payload, fn=fn), holds
+            self.assertEqual(payload.get("errorType"), "Held", f"{payload}{self.context(fn)}")
+            holds.append(payload["errorMessage"])
+            if hold_words:
+                self.assertTrue(
+                    any(w in holds[-1] for w in hold_words),
+                    f"held for another reason than {hold_words}: {holds[-1]}{self.context(fn)}",
+                )
+            if time.monotonic() > end:
+                self.fail(f"still held after {within_s:.0f}s: {holds[-1]}{self.context(fn)}")
+            time.sleep(1.0)
 
     def context(self, fn: FunctionProcess | None = None) -> str:
         fn = fn or self.fn

@@ -107,25 +107,6 @@ class LayoutCase(E2ETestCase):
     def requests_of(self, action: str) -> list[dict]:
         return self.stack.aws.requests("autoscaling", action)
 
-    def deliver_until_done(
-        self, event: Any, fn: FunctionProcess | None = None, within_s: float = 20.0
-    ) -> tuple[dict, list[str]]:
-        """Delivers `event` again after each hold, as AWS does (async retry, SQS redelivery),
-        until the answer is a success; the only other answer allowed on the way is a hold (etcd
-        itself refuses membership changes for a few seconds after a member joins or a leader is
-        elected). Returns the successful payload and the hold messages."""
-        end = time.monotonic() + within_s
-        holds: list[str] = []
-        while True:
-            ok, payload = self.invoke(event, fn=fn)
-            if ok:
-                return self.assertSucceeded(ok, payload, fn=fn), holds
-            self.assertEqual(payload.get("errorType"), "Held", f"{payload}{self.context(fn)}")
-            holds.append(payload["errorMessage"])
-            if time.monotonic() > end:
-                self.fail(f"still held after {within_s:.0f}s: {holds[-1]}{self.context(fn)}")
-            time.sleep(1.0)
-
 
 # ------------------------------------------------------------------------------------------------
 # 1. Stale means dead and without an instance, in any group or none

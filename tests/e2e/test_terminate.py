@@ -3,7 +3,7 @@ never removes one when that would cost quorum (it holds instead)."""
 
 from __future__ import annotations
 
-from tests.e2e.base import HOLD_WORD, E2ETestCase
+from tests.e2e.base import ETCD_NOT_YET, HOLD_WORD, E2ETestCase
 from tests.stack import TERMINATING, events
 
 
@@ -69,7 +69,9 @@ class TerminateTest(E2ETestCase):
         # The node comes back: the redelivered event now removes and completes.
         self.stack.etcd.start_node(down)
         self.stack.etcd.wait_ready()
-        payload = self.assertSucceeded(*self.invoke(self.stack.eventbridge(action)))
+        payload, _ = self.deliver_until_done(
+            self.stack.eventbridge(action), hold_words=ETCD_NOT_YET
+        )
         self.assertResult(payload, victim, "completed", "CONTINUE", member_removed=True)
         self.assertMember(victim, present=False)
         self.assertCompleted(action, "CONTINUE")
