@@ -17,10 +17,24 @@ modelled as AWS and the nodes behave: a completed terminate terminates the insta
 dies with it), an instance can die outside the hooks, and a launched instance's node starts etcd
 once it has a member (a learner the function added, or one its bootstrap script adds).
 
+Each run's seed also picks its layout (run.py `choose_topology`; every three consecutive seeds meet
+each at least once): one group or one cluster over two or three groups (one per zone, all in
+`ASG_NAMES`); Spot instances, scaled in like any other or interrupted (Spot request
+`marked-for-termination`, then the terminate hook; the instance is reclaimed when the notice ends);
+another tool's terminate hook on every group, listed first, with `LIFECYCLE_HOOK_NAMES` naming only
+ours (that tool completes its own actions; its events reach the function too); learners on launch,
+with instance refreshes (a launch, then the old instance's terminate once the new one is
+InService); deliveries in pairs on the two execution environments (two terminates at once, an
+event and a sweep at once). Instances are also stopped in EC2 and started again.
+
 Invariants (see world.py for the exact rules): quorum kept unless the chaos itself downed too many
 nodes (and no delivery ever turns a quorate cluster into one without quorum); no member of a
-running, non-terminating instance removed; no hold or failure answered as success; no lifecycle
-action lost (left without a heartbeat or completion longer than the hooks' heartbeat timeout); no
-answer after the invocation's deadline; and at the end, once faults clear, every action completed
-and every terminated instance's member removed.
+running, non-terminating instance removed; no member that answers removed except through its own
+instance's terminate; never fewer voting members than `ETCD_MIN_VOTERS` after a removal; no other
+hook's lifecycle action completed or heartbeated (not even tried); no hold or failure answered as
+success; no lifecycle action lost (left without a heartbeat or completion longer than the hooks'
+heartbeat timeout); no answer after the invocation's deadline; and at the end, once faults clear,
+every action completed (a terminate held at the voter floor with no learner to promote is the
+contract, not a failure), every terminated instance's member removed, and with learners on every
+InService instance has a member.
 """

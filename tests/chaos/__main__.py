@@ -23,9 +23,10 @@ def summary_line(r: dict) -> str:
     flag = "ok  " if not r["violations"] else "FAIL"
     extra = " (cut short by the time budget)" if r.get("cut_short") else ""
     return (
-        f"{flag} seed={r['seed']} nodes={r['nodes']} steps={r['steps_done']}/{r['steps']} "
+        f"{flag} seed={r['seed']} nodes={r['nodes']} [{r.get('topology', '')}] steps={r['steps_done']}/{r['steps']} "
         f"invocations={s.get('invocations', 0)} removed={removed} held={holds} "
         f"etcd_faults={s.get('etcd_faults', 0)} aws_faults={s.get('aws_faults', 0)} "
+        f"spot_interruptions={s.get('spot_interruptions', 0)} "
         f"converged={r['converged']} violations={len(r['violations'])} ({r['duration_s']}s){extra}"
     )
 

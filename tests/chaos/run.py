@@ -15,10 +15,41 @@ from typing import Any
 
 from tests.stack import Stack
 
-from .world import AUTOSCALING_ACTIONS, SWEEP_EVERY_S, Delivery, World
+from .world import AUTOSCALING_ACTIONS, SWEEP_EVERY_S, Delivery, Topology, World
 
 # Steps that only deliver events: the function's work, held to "never makes quorum worse".
-FUNCTION_STEPS = {"terminate", "launch", "deliver_held_back", "redeliver", "concurrent", "sweep"}
+FUNCTION_STEPS = {
+    "terminate", "launch", "deliver_held_back", "redeliver", "concurrent", "sweep",
+    "spot_interrupt", "refresh", "refresh_terminate", "terminate_pair",
+}  # fmt: skip
+ZONES = ("chaos-a", "chaos-b", "chaos-c")
+
+
+# Every three consecutive seeds meet every layout at least once (the short run is seeds 1-3).
+FORCED = {1: {"zones", "spot"}, 2: {"learners", "concurrent"}, 0: {"foreign_hook", "zones", "concurrent"}}
+
+
+def choose_topology(rng: random.Random, nodes: int, learners: bool, seed: int) -> Topology:
+    """The layout of one run, from its seed: one group or one per zone (2 or 3), Spot
+    instances, another tool's hook, learners (with instance refreshes), deliveries in pairs."""
+    forced = FORCED[seed % 3]
+    if rng.random() < 0.5 and "zones" not in forced:
+        groups = {"chaos": nodes}
+    else:
+        zones = rng.choice((2, 3))
+        groups = {z: nodes // zones + (1 if i < nodes % zones else 0) for i, z in enumerate(ZONES[:zones])}
+    return Topology(
+        groups=groups,
+        spot=rng.random() < 0.4 or "spot" in forced,
+        foreign_hook=rng.random() < 0.4 or "foreign_hook" in forced,
+        learners=learners or "learners" in forced,
+        concurrent=rng.random() < 0.4 or "concurrent" in forced,
+    )
+
+
+def refreshable(world: World, states: dict[str, str]) -> list[tuple[str, str]]:
+    """Refresh pairs whose new instance is InService: the old one's terminate is due."""
+    return [(new, old) for new, old in world.refreshes if states.get(new) == "InService"]
 
 
 def choose(world: World) -> str:
@@ -26,11 +57,25 @@ def choose(world: World) -> str:
     inservice = [i for i in world.order if states.get(i) == "InService" and world.live(i)]
     active = world.active_tokens()
     waiting = [t for t in world.tracked if t in active and world.tracked[t].deliveries > 0]
+    topo = world.topology
+    # A refresh whose new instance never went InService (abandoned, died) is over.
+    world.refreshes = [(new, old) for new, old in world.refreshes if new in states]
     options: list[tuple[str, int]] = []
     if len(inservice) >= 2:
         options.append(("terminate", 18))
-    if world.stack._spare_ips and len(states) < world.max_size - 1:
+    can_launch = bool(world.stack._spare_ips) and len(states) < world.max_size - 1
+    if can_launch:
         options.append(("launch", 14 if len(inservice) < 4 else 6))
+    if topo.learners and can_launch and not world.refreshes and len(inservice) >= 2:
+        options.append(("refresh", 8))
+    if refreshable(world, states):
+        options.append(("refresh_terminate", 20))
+    if topo.spot and len(inservice) >= 3 and any(world.is_spot(i) for i in inservice):
+        options.append(("spot_interrupt", 10))
+    if topo.concurrent and len(inservice) >= 4:
+        options.append(("terminate_pair", 6))
+    if len(inservice) >= 3:
+        options.append(("stop_instance", 2))
     if world.inflight:
         options.append(("deliver_held_back", 10))
     if waiting:
@@ -73,14 +118,50 @@ def do(world: World, kind: str) -> None:
     if kind == "terminate":
         iid = inservice[rng.randrange(len(inservice))]
         tracked = world.track(stack.start_terminate(iid))
-        world.note(f"scale-in of {iid}")
+        world.note(f"scale-in of {iid} ({world.group_of(iid)}{', Spot' if world.is_spot(iid) else ''})")
         world.dispatch_new(tracked.action)
     elif kind == "launch":
-        iid, action = stack.start_launch(control=True)
-        world.order.append(iid)
-        world.track(action)
-        world.note(f"scale-out: {iid} at {world.ip_of(iid)}")
-        world.dispatch_new(action)
+        launch(world, rng.choice(sorted(stack.groups)))
+    elif kind == "refresh":
+        old = inservice[rng.randrange(len(inservice))]
+        new = launch(world, world.group_of(old), f"instance refresh of {old}: ")
+        world.refreshes.append((new, old))
+    elif kind == "refresh_terminate":
+        new, old = refreshable(world, states)[0]
+        world.refreshes.remove((new, old))
+        if states.get(old) != "InService" or not world.live(old):
+            world.note(f"instance refresh: {old} already gone")
+            return
+        tracked = world.track(stack.start_terminate(old))
+        world.note(f"instance refresh: {new} InService, terminate {old}")
+        world.dispatch_new(tracked.action)
+    elif kind == "spot_interrupt":
+        spots = [i for i in inservice if world.is_spot(i)]
+        iid = spots[rng.randrange(len(spots))]
+        if not within_tolerance(world, iid):
+            world.note(f"Spot instance {iid} spared: its loss would leave no majority")
+            return
+        stack.interrupt_spot(iid)
+        world.interrupted[iid] = time.monotonic()
+        world.spot_noticed.add(iid)
+        world.stats["spot_interruptions"] += 1
+        tracked = world.track(stack.start_terminate(iid))
+        world.note(f"Spot interruption of {iid} ({world.group_of(iid)}): marked-for-termination, terminate hook")
+        world.dispatch_new(tracked.action)
+    elif kind == "terminate_pair":
+        first, second = rng.sample(inservice, 2)
+        pair = [world.track(stack.start_terminate(i)).action for i in (first, second)]
+        world.note(f"scale-in of {first} and {second}, both events at once on two environments")
+        world.deliver([Delivery(a.token, world.shape()) for a in pair], concurrent=True)
+    elif kind == "stop_instance":
+        iid = inservice[rng.randrange(len(inservice))]
+        if not within_tolerance(world, iid):
+            world.note(f"{iid} left running: stopping it would leave no majority")
+            return
+        stack.stop_instance(iid)
+        world.down[iid] = "instance-stopped"
+        world.stats["instances_stopped"] += 1
+        world.note(f"instance {iid} stopped in EC2 (its node with it), still in {world.group_of(iid)}")
     elif kind == "deliver_held_back":
         d = world.inflight.pop(rng.randrange(len(world.inflight)))
         world.deliver([d])
@@ -159,6 +240,17 @@ def do(world: World, kind: str) -> None:
         raise ValueError(kind)
 
 
+def launch(world: World, group: str, why: str = "") -> str:
+    """A scale-out in `group` (a Spot instance half the time in a Spot run); returns its ID."""
+    spot = world.topology.spot and world.rng.random() < 0.5
+    iid, action = world.stack.start_launch(control=True, group=group, spot=spot)
+    world.order.append(iid)
+    world.track(action)
+    world.note(f"{why}scale-out: {iid} at {world.ip_of(iid)} in {group}{' (Spot)' if spot else ''}")
+    world.dispatch_new(action)
+    return iid
+
+
 def run_one(
     seed: int,
     steps: int,
@@ -176,18 +268,21 @@ def run_one(
     nodes = rng.choice((3, 3, 5))
     learners = rng.random() < 0.7
     env = {
-        # Endpoints from the group's addresses: a fixed list goes stale once the first
+        # Endpoints from the groups' addresses: a fixed list goes stale once the first
         # instances are replaced.
         "ETCD_ENDPOINTS": "",
-        "ETCD_ADD_LEARNER_ON_LAUNCH": "true" if learners else "false",
         "BREAKER_RESET_TIMEOUT_SECS": "3",
         "RETRY_MAX_ATTEMPTS": str(rng.choice((3, 4, 5))),
     }
+    topology = choose_topology(rng, nodes, learners, seed)
+    learners = topology.learners
+    env.update(topology.env())
     started = time.monotonic()
     record: dict[str, Any] = {
         "seed": seed,
         "nodes": nodes,
         "learners_on_launch": learners,
+        "topology": topology.describe(),
         "reuse_addresses": reuse_addresses,
         "steps": steps,
         "steps_done": 0,
@@ -196,11 +291,15 @@ def run_one(
         "violations": [],
         "stats": {},
     }
-    stack = Stack(nodes=nodes, group="chaos", keep=True)
+    stack = Stack(nodes=nodes, keep=True, **topology.stack_args())
     world: World | None = None
     try:
         stack.up()
-        world = World(stack, rng, env)
+        if topology.spot:
+            for iid in stack.instance_ids:
+                if rng.random() < 0.5:
+                    stack.make_spot(iid)
+        world = World(stack, rng, env, topology=topology)
         world.reuse_addresses = reuse_addresses
         for i in range(1, steps + 1):
             if stop_at is not None and time.time() > stop_at:
@@ -225,6 +324,8 @@ def run_one(
         if world is not None:
             record["violations"] += [v.as_dict() for v in world.violations]
             record["stats"] = dict(world.stats)
+            if world.held_at_floor:
+                record["stats"]["held_at_floor_at_end"] = len(world.held_at_floor)
             if verbose:
                 record["log_tail"] = world.log
             elif record["violations"]:

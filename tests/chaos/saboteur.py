@@ -6,7 +6,14 @@ Speaks the Lambda Runtime API like the real bootstrap; standard library plus bot
 
 * `silent`: answers success and does nothing;
 * `reckless`: removes the instance's member without any quorum check, then completes;
-* `wrong-member`: removes some other member than the instance's, then completes.
+* `wrong-member`: removes some other member than the instance's, then completes;
+* `other-group`: removes the (healthy) member of an instance of *another* Auto Scaling group,
+  then completes: a multi-zone cluster losing a live member to a stale-member rule that only
+  looks at one group;
+* `shrink`: removes the instance's member with no `ETCD_MIN_VOTERS` floor (and no quorum
+  check), even when that leaves one voter, then completes;
+* `foreign-hook`: completes every hook's action of the instance by instance ID, another tool's
+  hook included (the first hook the group lists, as a careless sweep would), then its own.
 
 Run through `wrapper(path)`, which writes an executable that starts this file with the venv's
 interpreter (the function process is spawned as a plain executable).
@@ -68,13 +75,49 @@ def members():
     return None, []
 
 
+def other_groups_instances(group):
+    """Instance IDs of every other Auto Scaling group (ASG_NAMES)."""
+    import boto3
+
+    names = [g.strip() for g in os.environ.get("ASG_NAMES", "").split(",") if g.strip() and g.strip() != group]
+    if not names:
+        return []
+    found = boto3.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=names)
+    return [i["InstanceId"] for g in found["AutoScalingGroups"] for i in g.get("Instances", [])]
+
+
+def complete_every_hook(detail):
+    import boto3
+
+    client = boto3.client("autoscaling")
+    hooks = client.describe_lifecycle_hooks(AutoScalingGroupName=detail["AutoScalingGroupName"])
+    for hook in hooks["LifecycleHooks"]:
+        if hook["LifecycleTransition"] != detail["LifecycleTransition"]:
+            continue
+        try:
+            client.complete_lifecycle_action(
+                AutoScalingGroupName=detail["AutoScalingGroupName"],
+                LifecycleHookName=hook["LifecycleHookName"],
+                InstanceId=detail["EC2InstanceId"],
+                LifecycleActionResult="CONTINUE",
+            )
+        except Exception as e:  # already done: a saboteur keeps going
+            print(json.dumps({"level": "WARN", "message": repr(e)}), flush=True)
+
+
 def handle(detail, mode):
     if mode == "silent":
         return
+    if mode == "foreign-hook":
+        complete_every_hook(detail)
+        return
     url, ms = members()
     instance = detail["EC2InstanceId"]
-    if mode == "reckless":
+    if mode in ("reckless", "shrink"):
         victims = [m for m in ms if m.get("name") == instance]
+    elif mode == "other-group":
+        others = set(other_groups_instances(detail["AutoScalingGroupName"]))
+        victims = [m for m in ms if m.get("name") in others][:1]
     else:
         victims = [m for m in ms if m.get("name") and m.get("name") != instance][:1]
     for m in victims:

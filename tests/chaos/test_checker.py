@@ -16,17 +16,24 @@ import tempfile
 import time
 import unittest
 
-from tests.stack import Stack
+from tests.stack import TERMINATING, Stack
 
 from . import saboteur
-from .world import Delivery, World
+from .world import FOREIGN_HOOK, Delivery, World
 
 
 class CheckerTest(unittest.TestCase):
-    def world(self, mode: str | None = None, etcd_args: list[str] | None = None) -> World:
-        stack = Stack(nodes=3, group="chaos", etcd_args=etcd_args)
+    def world(
+        self,
+        mode: str | None = None,
+        etcd_args: list[str] | None = None,
+        real_env: dict[str, str] | None = None,
+        **layout,
+    ) -> World:
+        stack = Stack(**{"nodes": 3, "group": "chaos", "etcd_args": etcd_args, **layout})
         stack.up()
         self.addCleanup(stack.down)
+        self.real_env = dict(real_env or {})
         return World(stack, random.Random(0), self.env(mode), self.binary(mode))
 
     def binary(self, mode: str | None) -> str | None:
@@ -36,9 +43,8 @@ class CheckerTest(unittest.TestCase):
         self.addCleanup(tmp.cleanup)
         return saboteur.wrapper(tmp.name)
 
-    @staticmethod
-    def env(mode: str | None) -> dict[str, str]:
-        return {"SABOTEUR_MODE": mode} if mode else {}
+    def env(self, mode: str | None) -> dict[str, str]:
+        return {"SABOTEUR_MODE": mode} if mode else dict(getattr(self, "real_env", {}))
 
     def use(self, world: World, mode: str | None) -> None:
         """Both execution environments become `mode` (None: the real function)."""
@@ -66,14 +72,14 @@ class CheckerTest(unittest.TestCase):
         action = world.track(world.stack.start_terminate(victim)).action
 
         # The real function, without etcd's guard: its own quorum check must hold the instance.
-        self.step(world, lambda: world.deliver([Delivery(action.token)]))
+        self.step(world, lambda: world.deliver([Delivery(action.token)], timeout_ms=20_000))
         self.assertEqual(world.violations, [], world.log)
         self.assertIn(victim, etcd.member_names())
         self.assertTrue(world.stack.aws.heartbeats(), "held without a heartbeat")
 
         # A function that removes without checking breaks quorum: the checker says so.
         self.use(world, "reckless")
-        self.step(world, lambda: world.deliver([Delivery(action.token)]))
+        self.step(world, lambda: world.deliver([Delivery(action.token)], timeout_ms=20_000))
         self.assertNotIn(victim, etcd.member_names(), "the saboteur did not remove: no test")
         self.assertIn("quorum", self.invariants(world), world.log)
 
@@ -92,12 +98,12 @@ class CheckerTest(unittest.TestCase):
 
         # Silent success: answered as done, nothing done.
         self.use(world, "silent")
-        self.step(world, lambda: world.deliver([Delivery(action.token, "sqs")]))
+        self.step(world, lambda: world.deliver([Delivery(action.token, "sqs")], timeout_ms=20_000))
         self.assertIn("silent-success", self.invariants(world), world.log)
 
         # Wrong removal: a running, non-terminating instance loses its member.
         self.use(world, "wrong-member")
-        self.step(world, lambda: world.deliver([Delivery(action.token)]))
+        self.step(world, lambda: world.deliver([Delivery(action.token)], timeout_ms=20_000))
         self.assertIn("wrong-removal", self.invariants(world), world.log)
 
         # Unfinished: the terminated instance's member is still there once faults are gone.
@@ -107,6 +113,75 @@ class CheckerTest(unittest.TestCase):
             any(victim in v.detail for v in world.violations if v.invariant == "finished"),
             [v.detail for v in world.violations],
         )
+
+    def test_removing_a_healthy_member_of_another_group_is_caught(self):
+        world = self.world(groups={"chaos-a": 2, "chaos-b": 2})
+        stack, etcd = world.stack, world.stack.etcd
+        a1, a2 = stack.instances_of("chaos-a")
+
+        # The real function: zone A's scale-in removes zone A's member, nothing else.
+        first = world.track(stack.start_terminate(a1)).action
+        self.step(world, lambda: world.deliver([Delivery(first.token)], timeout_ms=20_000))
+        self.assertEqual(world.violations, [], world.log)
+        self.assertNotIn(a1, etcd.member_names())
+
+        # A function that removes a live member of zone B on zone A's terminate.
+        self.use(world, "other-group")
+        before = set(etcd.member_names())
+        second = world.track(stack.start_terminate(a2)).action
+        self.step(world, lambda: world.deliver([Delivery(second.token)], timeout_ms=20_000))
+        gone = before - set(etcd.member_names())
+        self.assertTrue(gone & set(stack.instances_of("chaos-b")), f"the saboteur did not remove: no test ({gone})")
+        self.assertIn("healthy-removal", self.invariants(world), world.log)
+
+    def test_shrinking_to_one_voter_is_caught_and_the_function_holds_at_the_floor(self):
+        world = self.world()
+        stack, etcd = world.stack, world.stack.etcd
+        first, second = etcd.followers()
+        action = world.track(stack.start_terminate(first)).action
+        self.step(world, lambda: world.deliver([Delivery(action.token)], timeout_ms=20_000))
+        self.assertEqual(len(etcd.voters()), 2, world.log)
+
+        # The real function holds the second scale-in at ETCD_MIN_VOTERS (default 2).
+        action = world.track(stack.start_terminate(second)).action
+        self.step(world, lambda: world.deliver([Delivery(action.token)], timeout_ms=20_000))
+        self.assertEqual(world.violations, [], world.log)
+        self.assertIn(second, etcd.member_names())
+        self.assertTrue(any(h["instance_id"] == second for h in stack.aws.heartbeats()), "held without a heartbeat")
+
+        # A function without the floor takes two voters to one: the checker says so.
+        self.use(world, "shrink")
+        self.step(world, lambda: world.deliver([Delivery(action.token)], timeout_ms=20_000))
+        self.assertEqual(len(etcd.voters()), 1, "the saboteur did not shrink: no test")
+        self.assertIn("min-voters", self.invariants(world), world.log)
+
+    def test_completing_another_tools_hook_is_caught(self):
+        world = self.world(
+            foreign_hooks={FOREIGN_HOOK: TERMINATING},
+            real_env={"LIFECYCLE_HOOK_NAMES": "chaos-launch,chaos-terminate"},
+        )
+        stack, etcd = world.stack, world.stack.etcd
+        first, second = etcd.followers()
+
+        # The real function: our hook's event is handled, the other tool's event skipped; the
+        # other tool (the world) completes its own action one step later.
+        ours = world.track(stack.start_terminate(first)).action
+        [theirs] = [t.action for t in world.foreign_of(ours)]
+        self.step(world, lambda: world.deliver([Delivery(theirs.token), Delivery(ours.token)], timeout_ms=20_000))
+        self.step(world, lambda: world.deliver([Delivery(None)], timeout_ms=20_000))
+        self.assertEqual(world.violations, [], world.log)
+        self.assertNotIn(first, etcd.member_names())
+        self.assertIn(theirs.token, world.foreign_done, world.log)
+
+        # A function that completes every hook of the instance, the other tool's included.
+        self.use(world, "foreign-hook")
+        ours = world.track(stack.start_terminate(second)).action
+        self.step(world, lambda: world.deliver([Delivery(ours.token)], timeout_ms=20_000))
+        self.assertTrue(
+            any(c["hook"] == FOREIGN_HOOK and c["instance_id"] == second for c in stack.aws.completions()),
+            "the saboteur did not complete the other tool's action: no test",
+        )
+        self.assertIn("foreign-hook", self.invariants(world), world.log)
 
 
 if __name__ == "__main__":

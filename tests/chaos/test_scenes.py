@@ -70,7 +70,8 @@ class SweepDuringAnEtcdOutageTest(unittest.TestCase):
     SWEEPS = 4
 
     def setUp(self) -> None:
-        self.stack = Stack(nodes=3, etcd_gates=True)
+        # Four nodes: the two scale-ins leave two voters, the ETCD_MIN_VOTERS floor (default 2).
+        self.stack = Stack(nodes=4, etcd_gates=True)
         self.stack.up()
         self.addCleanup(self.stack.down)
         stack = self.stack
@@ -80,7 +81,7 @@ class SweepDuringAnEtcdOutageTest(unittest.TestCase):
         self.fn = stack.spawn(
             BREAKER_FAILURE_THRESHOLD="2", BREAKER_RESET_TIMEOUT_SECS="1", RETRY_MAX_ATTEMPTS="2"
         )
-        self.waiting = stack.followers()
+        self.waiting = stack.followers()[:2]
         self.actions = [stack.start_terminate(i) for i in self.waiting]
         for gate in stack.etcd.gates():
             gate.refuse()
@@ -141,6 +142,111 @@ class AnswerAfterTheDeadlineTest(unittest.TestCase):
         self.assertLessEqual(
             late, 0, f"answered {late * 1000:.1f} ms after the deadline: {self.payload}"
         )
+
+
+class LaunchIntoAZoneWithoutAVoterTest(unittest.TestCase):
+    """One cluster over two groups (one per zone), endpoints found from the groups' instances
+    (`ETCD_ENDPOINTS` empty), learners on. Zone B's only instance is scaled in (three voters to
+    two, safe); then zone B scales out again. The cluster is alive and quorate in zone A, but
+    none of zone B's running instances is a member that answers.
+
+    Found by the seeded chaos (seed 1 of the short run: a zone group whose old voter was
+    terminated and whose next instances were launched while its only other peer was a learner:
+    each launch was completed as "no etcd peer answered: the cluster is being bootstrapped",
+    without its learner, and every later sweep of that group left it without a member)."""
+
+    def setUp(self) -> None:
+        self.stack = Stack(groups={"etcd-a": 2, "etcd-b": 1})
+        self.stack.up()
+        self.addCleanup(self.stack.down)
+        stack = self.stack
+        self.fn = stack.spawn(ETCD_ENDPOINTS="", ETCD_ADD_LEARNER_ON_LAUNCH="true")
+        [self.b1] = stack.instances_of("etcd-b")
+        ok, payload = self.fn.invoke(stack.eventbridge(stack.start_terminate(self.b1)))
+        self.assertTrue(ok, payload)
+        self.assertNotIn(self.b1, stack.etcd.member_names(), payload)
+        self.new, action = stack.start_launch(group="etcd-b")
+        self.launch_ok, self.launch_answer = self.fn.invoke(stack.eventbridge(action))
+        self.sweeps = []
+        for _ in range(2):
+            self.sweeps.append(self.fn.invoke(stack.scheduled()))
+
+    def test_the_newcomer_gets_its_learner_or_is_held_never_let_in_without_it(self):
+        peer = f"http://{self.stack.ip_of(self.new)}:2380"
+        members = self.stack.etcd.members()
+        added = any(peer in m.peer_urls for m in members)
+        completed = [c for c in self.stack.aws.completions() if c["instance_id"] == self.new]
+        self.assertTrue(
+            added or not completed,
+            f"{self.new} of etcd-b was let in (launch answered {self.launch_answer}) and has no "
+            f"member after {len(self.sweeps)} sweeps ({[p for _, p in self.sweeps]}); the "
+            f"cluster in etcd-a was healthy: {[m.name for m in members]}",
+        )
+        self.assertTrue(added, f"no learner for {self.new} after the sweeps: {self.sweeps}")
+
+
+
+class LockLeftAfterRemovingTheOnlyKnownEndpointTest(unittest.TestCase):
+    """One cluster over two groups, endpoints found from the groups' instances (`ETCD_ENDPOINTS`
+    empty). Zone B's only instance is scaled in: the function knows the cluster only through
+    that instance's address, takes the membership lock there, removes that very member (safe:
+    three voters to two), and completes.
+
+    Found while building the multi-group chaos layout: the lock then stays held until its lease
+    runs out (the invocation's whole timeout), and every membership change anywhere in the
+    cluster holds as "another membership change is under way" in the meantime."""
+
+    def test_the_membership_lock_is_free_once_the_terminate_is_done(self):
+        stack = Stack(groups={"etcd-a": 2, "etcd-b": 1})
+        stack.up()
+        self.addCleanup(stack.down)
+        fn = stack.spawn(ETCD_ENDPOINTS="")
+        [b1] = stack.instances_of("etcd-b")
+        ok, payload = fn.invoke(stack.eventbridge(stack.start_terminate(b1)), timeout_ms=30_000)
+        self.assertTrue(ok, payload)
+        self.assertNotIn(b1, stack.etcd.member_names(), payload)
+        holders = stack.etcd.lock_holders("etcd-lifecycle-hook/membership")
+        self.assertEqual(holders, [], f"the membership lock is still held after {payload}")
+        ok, payload = fn.invoke(stack.scheduled())
+        self.assertTrue(ok, payload)
+        details = " ".join(r["detail"] for r in payload["results"])
+        self.assertNotIn("cannot take the membership lock: the membership lock", details)
+
+
+
+class TerminateRedeliveredAfterItsMemberWentTest(unittest.TestCase):
+    """One cluster over two groups, endpoints found from the groups' instances (`ETCD_ENDPOINTS`
+    empty). Zone B's only instance is scaled in; its member is removed, but Auto Scaling fails
+    every completion attempt (503), so the invocation answers an error and the event comes back.
+
+    Found by the seeded chaos (seed 1001, `--steps 25`: step 18 removed the member and the
+    completion failed; every redelivery and sweep after it held the instance with "cannot take
+    the membership lock: no etcd endpoint answered", since the only addresses the function knew
+    for that group were the removed member's and a new instance's with no etcd yet; the
+    terminate was still waiting at the end; in this scene each redelivery answers "circuit open
+    for etcd": the one address it knows for that group refuses, so etcd's breaker opens). The
+    member is already gone: the redelivery has nothing left to do but complete."""
+
+    def test_the_redelivery_completes(self):
+        stack = Stack(groups={"etcd-a": 2, "etcd-b": 1})
+        stack.up()
+        self.addCleanup(stack.down)
+        fn = stack.spawn(ETCD_ENDPOINTS="", RETRY_MAX_ATTEMPTS="3", BREAKER_RESET_TIMEOUT_SECS="1")
+        [b1] = stack.instances_of("etcd-b")
+        action = stack.start_terminate(b1)
+        stack.aws.inject("autoscaling", "503", 3, action="CompleteLifecycleAction")
+        ok, payload = fn.invoke(stack.eventbridge(action), timeout_ms=20_000)
+        self.assertFalse(ok, f"the completion cannot have succeeded: {payload}")
+        self.assertNotIn(b1, stack.etcd.member_names(), payload)
+        answers = []
+        for _ in range(3):  # AWS redelivers; the lock a first attempt may have left expires
+            ok, payload = fn.invoke(stack.eventbridge(action), timeout_ms=20_000)
+            answers.append(payload)
+            if ok:
+                break
+            time.sleep(5)
+        self.assertTrue(ok, f"the terminate of {b1} (member already removed) never completed: {answers}")
+        self.assertTrue(any(c["instance_id"] == b1 for c in stack.aws.completions()))
 
 
 if __name__ == "__main__":
