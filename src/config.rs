@@ -120,117 +120,95 @@ impl Config {
         K: Into<String>,
         V: Into<String>,
     {
-        let vars: HashMap<String, String> = pairs
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
-        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let vars = Vars(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
         let d = Config::default();
-
         let config = Config {
-            asg_names: list(get("ASG_NAMES")),
-            lifecycle_hook_names: list(get("LIFECYCLE_HOOK_NAMES")),
-            etcd_endpoints: endpoints(get("ETCD_ENDPOINTS"))?,
-            etcd_client_scheme: match get("ETCD_CLIENT_SCHEME") {
+            asg_names: vars.list("ASG_NAMES"),
+            lifecycle_hook_names: vars.list("LIFECYCLE_HOOK_NAMES"),
+            etcd_endpoints: endpoints(vars.get("ETCD_ENDPOINTS"))?,
+            etcd_client_scheme: match vars.get("ETCD_CLIENT_SCHEME") {
                 None => d.etcd_client_scheme,
                 Some(v) if v.eq_ignore_ascii_case("https") => Scheme::Https,
                 Some(v) if v.eq_ignore_ascii_case("http") => Scheme::Http,
                 Some(v) => return Err(invalid("ETCD_CLIENT_SCHEME", v, "http or https")),
             },
-            etcd_client_port: port(
-                "ETCD_CLIENT_PORT",
-                get("ETCD_CLIENT_PORT"),
-                d.etcd_client_port,
-            )?,
-            etcd_peer_port: port("ETCD_PEER_PORT", get("ETCD_PEER_PORT"), d.etcd_peer_port)?,
+            etcd_client_port: vars.port("ETCD_CLIENT_PORT", d.etcd_client_port)?,
+            etcd_peer_port: vars.port("ETCD_PEER_PORT", d.etcd_peer_port)?,
             etcd_tls: TlsFiles {
-                ca: get("ETCD_CA_FILE").map(PathBuf::from),
-                cert: get("ETCD_CERT_FILE").map(PathBuf::from),
-                key: get("ETCD_KEY_FILE").map(PathBuf::from),
+                ca: vars.path("ETCD_CA_FILE"),
+                cert: vars.path("ETCD_CERT_FILE"),
+                key: vars.path("ETCD_KEY_FILE"),
             },
-            etcd_add_learner_on_launch: match get("ETCD_ADD_LEARNER_ON_LAUNCH") {
+            etcd_add_learner_on_launch: match vars.get("ETCD_ADD_LEARNER_ON_LAUNCH") {
                 None => d.etcd_add_learner_on_launch,
                 Some(v) => parse_bool(v)
                     .ok_or_else(|| invalid("ETCD_ADD_LEARNER_ON_LAUNCH", v, "true or false"))?,
             },
-            etcd_min_voters: number(
-                "ETCD_MIN_VOTERS",
-                get("ETCD_MIN_VOTERS"),
-                d.etcd_min_voters,
-                1..=100,
-                "a whole number of voters from 1 to 100 (2 keeps raft out of its hazardous two-to-one step; 1 only to run a single node on purpose)",
-            )?,
-            retry_max_attempts: number(
+            etcd_min_voters: vars.number("ETCD_MIN_VOTERS", d.etcd_min_voters, &VOTERS)?,
+            retry_max_attempts: vars.number(
                 "RETRY_MAX_ATTEMPTS",
-                get("RETRY_MAX_ATTEMPTS"),
                 d.retry_max_attempts,
-                1..=20,
-                "a whole number of attempts from 1 to 20",
+                &ATTEMPTS,
             )?,
-            retry_base_delay: millis(
+            retry_base_delay: vars.millis(
                 "RETRY_BASE_DELAY_MS",
-                get("RETRY_BASE_DELAY_MS"),
                 d.retry_base_delay,
-                1..=60_000,
-                "milliseconds from 1 to 60000",
+                &BASE_DELAY_MS,
             )?,
-            retry_max_delay: millis(
-                "RETRY_MAX_DELAY_MS",
-                get("RETRY_MAX_DELAY_MS"),
-                d.retry_max_delay,
-                1..=300_000,
-                "milliseconds from 1 to 300000",
-            )?,
-            breaker_failure_threshold: number(
+            retry_max_delay: vars.millis("RETRY_MAX_DELAY_MS", d.retry_max_delay, &MAX_DELAY_MS)?,
+            breaker_failure_threshold: vars.number(
                 "BREAKER_FAILURE_THRESHOLD",
-                get("BREAKER_FAILURE_THRESHOLD"),
                 d.breaker_failure_threshold,
-                1..=1000,
-                "a whole number of failures from 1 to 1000",
+                &FAILURES,
             )?,
-            breaker_reset_timeout: Duration::from_secs(u64::from(number(
+            breaker_reset_timeout: vars.seconds(
                 "BREAKER_RESET_TIMEOUT_SECS",
-                get("BREAKER_RESET_TIMEOUT_SECS"),
-                d.breaker_reset_timeout.as_secs() as u32,
-                1..=3600,
-                "seconds from 1 to 3600",
-            )?)),
-            breaker_success_threshold: number(
-                "BREAKER_SUCCESS_THRESHOLD",
-                get("BREAKER_SUCCESS_THRESHOLD"),
-                d.breaker_success_threshold,
-                1..=100,
-                "a whole number of successes from 1 to 100",
+                d.breaker_reset_timeout,
+                &RESET_SECS,
             )?,
-            deadline_reserve: millis(
+            breaker_success_threshold: vars.number(
+                "BREAKER_SUCCESS_THRESHOLD",
+                d.breaker_success_threshold,
+                &SUCCESSES,
+            )?,
+            deadline_reserve: vars.millis(
                 "DEADLINE_RESERVE_MS",
-                get("DEADLINE_RESERVE_MS"),
                 d.deadline_reserve,
-                0..=600_000,
-                "milliseconds from 0 to 600000",
+                &RESERVE_MS,
             )?,
         };
-        if config.retry_max_delay < config.retry_base_delay {
+        config.consistent()?;
+        Ok(config)
+    }
+
+    /// The checks between variables, once each parsed on its own.
+    fn consistent(&self) -> Result<(), ConfigError> {
+        if self.retry_max_delay < self.retry_base_delay {
             return Err(ConfigError {
                 variable: "RETRY_MAX_DELAY_MS",
-                value: config.retry_max_delay.as_millis().to_string(),
+                value: self.retry_max_delay.as_millis().to_string(),
                 expected: "a value no smaller than RETRY_BASE_DELAY_MS",
             });
         }
-        let tls = &config.etcd_tls;
+        let tls = &self.etcd_tls;
         if tls.cert.is_some() != tls.key.is_some() {
-            let (variable, value) = if tls.cert.is_some() {
-                ("ETCD_KEY_FILE", "")
+            let variable = if tls.cert.is_some() {
+                "ETCD_KEY_FILE"
             } else {
-                ("ETCD_CERT_FILE", "")
+                "ETCD_CERT_FILE"
             };
             return Err(ConfigError {
                 variable,
-                value: value.to_string(),
+                value: String::new(),
                 expected: "a path: ETCD_CERT_FILE and ETCD_KEY_FILE are set together",
             });
         }
-        Ok(config)
+        Ok(())
     }
 
     pub fn resilience(&self) -> ResilienceConfig {
@@ -267,6 +245,97 @@ impl Config {
     /// Whether `hook` is one of ours (`LIFECYCLE_HOOK_NAMES` empty means every hook).
     pub fn owns_hook(&self, hook: &str) -> bool {
         self.lifecycle_hook_names.is_empty() || self.lifecycle_hook_names.iter().any(|h| h == hook)
+    }
+}
+
+/// The values a number may take, and how the error for any other value says so.
+struct Bounds {
+    range: std::ops::RangeInclusive<u32>,
+    expected: &'static str,
+}
+
+const VOTERS: Bounds = Bounds {
+    range: 1..=100,
+    expected: "a whole number of voters from 1 to 100 (2 keeps raft out of its hazardous two-to-one step; 1 only to run a single node on purpose)",
+};
+const ATTEMPTS: Bounds = Bounds {
+    range: 1..=20,
+    expected: "a whole number of attempts from 1 to 20",
+};
+const BASE_DELAY_MS: Bounds = Bounds {
+    range: 1..=60_000,
+    expected: "milliseconds from 1 to 60000",
+};
+const MAX_DELAY_MS: Bounds = Bounds {
+    range: 1..=300_000,
+    expected: "milliseconds from 1 to 300000",
+};
+const FAILURES: Bounds = Bounds {
+    range: 1..=1000,
+    expected: "a whole number of failures from 1 to 1000",
+};
+const RESET_SECS: Bounds = Bounds {
+    range: 1..=3600,
+    expected: "seconds from 1 to 3600",
+};
+const SUCCESSES: Bounds = Bounds {
+    range: 1..=100,
+    expected: "a whole number of successes from 1 to 100",
+};
+const RESERVE_MS: Bounds = Bounds {
+    range: 0..=600_000,
+    expected: "milliseconds from 0 to 600000",
+};
+
+/// The variables as given, each read by its name once: the name in an error is always the name
+/// that was read.
+struct Vars(HashMap<String, String>);
+
+impl Vars {
+    /// The trimmed value; an empty one counts as unset.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    fn list(&self, variable: &str) -> Vec<String> {
+        list(self.get(variable))
+    }
+
+    fn path(&self, variable: &str) -> Option<PathBuf> {
+        self.get(variable).map(PathBuf::from)
+    }
+
+    fn port(&self, variable: &'static str, default: u16) -> Result<u16, ConfigError> {
+        port(variable, self.get(variable), default)
+    }
+
+    fn number(
+        &self,
+        variable: &'static str,
+        default: u32,
+        bounds: &Bounds,
+    ) -> Result<u32, ConfigError> {
+        number(variable, self.get(variable), default, bounds)
+    }
+
+    fn seconds(
+        &self,
+        variable: &'static str,
+        default: Duration,
+        bounds: &Bounds,
+    ) -> Result<Duration, ConfigError> {
+        let secs = u32::try_from(default.as_secs()).unwrap_or(u32::MAX);
+        let secs = number(variable, self.get(variable), secs, bounds)?;
+        Ok(Duration::from_secs(u64::from(secs)))
+    }
+
+    fn millis(
+        &self,
+        variable: &'static str,
+        default: Duration,
+        bounds: &Bounds,
+    ) -> Result<Duration, ConfigError> {
+        millis(variable, self.get(variable), default, bounds)
     }
 }
 
@@ -329,16 +398,15 @@ fn number(
     variable: &'static str,
     value: Option<&str>,
     default: u32,
-    range: std::ops::RangeInclusive<u32>,
-    expected: &'static str,
+    bounds: &Bounds,
 ) -> Result<u32, ConfigError> {
     match value {
         None => Ok(default),
         Some(v) => v
             .parse::<u32>()
             .ok()
-            .filter(|n| range.contains(n))
-            .ok_or_else(|| invalid(variable, v, expected)),
+            .filter(|n| bounds.range.contains(n))
+            .ok_or_else(|| invalid(variable, v, bounds.expected)),
     }
 }
 
@@ -346,10 +414,10 @@ fn millis(
     variable: &'static str,
     value: Option<&str>,
     default: Duration,
-    range: std::ops::RangeInclusive<u32>,
-    expected: &'static str,
+    bounds: &Bounds,
 ) -> Result<Duration, ConfigError> {
-    let ms = number(variable, value, default.as_millis() as u32, range, expected)?;
+    let default = u32::try_from(default.as_millis()).unwrap_or(u32::MAX);
+    let ms = number(variable, value, default, bounds)?;
     Ok(Duration::from_millis(u64::from(ms)))
 }
 
@@ -357,7 +425,7 @@ fn millis(
 mod tests {
     use super::*;
 
-    const MIN_VOTERS_EXPECTED: &str = "a whole number of voters from 1 to 100 (2 keeps raft out of its hazardous two-to-one step; 1 only to run a single node on purpose)";
+    const MIN_VOTERS_EXPECTED: &str = VOTERS.expected;
 
     fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_pairs(pairs.iter().map(|&(k, v)| (k, v)))
