@@ -21,11 +21,9 @@ Exit status 0 only if every test passed.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import os
 import sys
 import tempfile
-import time
 
 from tests.deploy import check_artifact, qemu
 from tests.e2e import run as e2e_run
@@ -108,20 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             f"arm64 e2e: {len(ids)} tests, {args.jobs} at a time, {args.bootstrap} under {qemu.QEMU}",
             flush=True,
         )
-        started = time.monotonic()
-        failed: list[tuple[str, str]] = []
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            futures = [pool.submit(e2e_run.run_one, i, args.timeout) for i in ids]
-            for future in concurrent.futures.as_completed(futures):
-                test_id, ok, seconds, output = future.result()
-                print(f"{'ok  ' if ok else 'FAIL'} {test_id} ({seconds:.1f}s)", flush=True)
-                if not ok:
-                    failed.append((test_id, output))
-    for test_id, output in failed:
-        print(f"\n===== {test_id} (arm64 under qemu) =====\n{output}", flush=True)
-    total = time.monotonic() - started
-    print(f"\narm64 e2e: {len(ids) - len(failed)} passed, {len(failed)} failed in {total:.0f}s")
-    return 1 if failed else 0
+        return e2e_run.run_all(
+            ids, args.jobs, args.timeout, label="arm64 e2e", note=" (arm64 under qemu)"
+        )
 
 
 if __name__ == "__main__":

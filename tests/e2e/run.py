@@ -83,19 +83,25 @@ def main() -> int:
         print("e2e: no test matched", file=sys.stderr)
         return 2
     print(f"e2e: {len(ids)} tests, {args.jobs} at a time, binary {binary}", flush=True)
+    return run_all(ids, args.jobs, args.timeout)
+
+
+def run_all(ids: list[str], jobs: int, timeout: float, label: str = "e2e", note: str = "") -> int:
+    """Runs `ids`, `jobs` at a time, each in its own process; prints a line per test, the output
+    of each failure (headed with `note`), and the closing count. Exit status 1 if any failed."""
     started = time.monotonic()
     failed: list[tuple[str, str]] = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_one, i, args.timeout) for i in ids]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(run_one, i, timeout) for i in ids]
         for future in concurrent.futures.as_completed(futures):
             test_id, ok, seconds, output = future.result()
             print(f"{'ok  ' if ok else 'FAIL'} {test_id} ({seconds:.1f}s)", flush=True)
             if not ok:
                 failed.append((test_id, output))
     for test_id, output in failed:
-        print(f"\n===== {test_id} =====\n{output}", flush=True)
+        print(f"\n===== {test_id}{note} =====\n{output}", flush=True)
     total = time.monotonic() - started
-    print(f"\ne2e: {len(ids) - len(failed)} passed, {len(failed)} failed in {total:.0f}s")
+    print(f"\n{label}: {len(ids) - len(failed)} passed, {len(failed)} failed in {total:.0f}s")
     return 1 if failed else 0
 
 
