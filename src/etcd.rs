@@ -349,21 +349,9 @@ impl EtcdMembership {
                     detail: "no member of the cluster advertises a client URL".to_string(),
                 });
             }
-            match self.run(operation, &urls, deadline, &op).await {
-                Err(MembershipError::Refused { detail })
-                    if detail.contains("unhealthy cluster")
-                        && Instant::now() + REFUSAL_PAUSE < wait_until =>
-                {
-                    tracing::debug!(operation, %detail, "etcd refused the change for now; trying again shortly");
-                    tokio::time::sleep(REFUSAL_PAUSE).await;
-                }
-                Err(MembershipError::NoLeader { detail })
-                    if Instant::now() + REFUSAL_PAUSE < wait_until =>
-                {
-                    tracing::debug!(operation, %detail, "etcd has no leader (an election); trying again shortly");
-                    tokio::time::sleep(REFUSAL_PAUSE).await;
-                }
-                other => return other,
+            let result = self.run(operation, &urls, deadline, &op).await;
+            if !paused_for_not_now(operation, &result, Refusals::Wait, wait_until).await {
+                return result;
             }
         }
     }
@@ -383,14 +371,9 @@ impl EtcdMembership {
     {
         let wait_until = (Instant::now() + REFUSAL_WAIT).min(deadline.work_until());
         loop {
-            match self.run(operation, urls, deadline, op).await {
-                Err(MembershipError::NoLeader { detail })
-                    if Instant::now() + REFUSAL_PAUSE < wait_until =>
-                {
-                    tracing::debug!(operation, %detail, "etcd has no leader (an election); trying again shortly");
-                    tokio::time::sleep(REFUSAL_PAUSE).await;
-                }
-                other => return other,
+            let result = self.run(operation, urls, deadline, op).await;
+            if !paused_for_not_now(operation, &result, Refusals::Report, wait_until).await {
+                return result;
             }
         }
     }
@@ -920,6 +903,43 @@ impl Classify for Failure {
             Failure::Unreachable { .. } | Failure::Busy { .. } => Class::Transient,
             _ => Class::Permanent,
         }
+    }
+}
+
+/// Whether a strict reconfig refusal is waited out too, or reported at once.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refusals {
+    Wait,
+    Report,
+}
+
+/// When `result` is etcd's "not now" (no leader during a short election, or, with
+/// `Refusals::Wait`, the strict reconfig check's "unhealthy cluster") and a pause still ends
+/// before `until`: pauses and answers `true` (try again). Otherwise `false`: the result stands.
+async fn paused_for_not_now<T>(
+    operation: &'static str,
+    result: &Result<T, MembershipError>,
+    refusals: Refusals,
+    until: Instant,
+) -> bool {
+    let not_now = match result {
+        Err(MembershipError::NoLeader { detail }) => {
+            Some(("etcd has no leader (an election)", detail))
+        }
+        Err(MembershipError::Refused { detail })
+            if refusals == Refusals::Wait && detail.contains("unhealthy cluster") =>
+        {
+            Some(("etcd refused the change for now", detail))
+        }
+        _ => None,
+    };
+    match not_now {
+        Some((what, detail)) if Instant::now() + REFUSAL_PAUSE < until => {
+            tracing::debug!(operation, %detail, "{what}; trying again shortly");
+            tokio::time::sleep(REFUSAL_PAUSE).await;
+            true
+        }
+        _ => false,
     }
 }
 
