@@ -5,6 +5,7 @@
 //! dependency is unhealthy. Permanent: the request itself is wrong or not allowed (validation,
 //! permission, not found): retrying cannot help and the dependency is fine.
 
+use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
@@ -21,23 +22,9 @@ pub trait Classify {
     fn class(&self) -> Class;
 }
 
-/// Error codes AWS services use for throttling and for "try again" conditions.
-const TRANSIENT_CODES: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottledException",
-    "RequestThrottled",
-    "RequestLimitExceeded",
-    "TooManyRequestsException",
-    "ProvisionedThroughputExceededException",
-    "TransactionInProgressException",
-    "SlowDown",
-    "PriorRequestNotComplete",
-    "EC2ThrottledException",
-    "BandwidthLimitExceeded",
-    "RequestTimeout",
-    "RequestTimeoutException",
+/// Codes the SDK's own retry classifier does not list but AWS services answer when the service,
+/// not the request, failed (most arrive with a 5xx status too; the code decides when not).
+const SERVER_ERROR_CODES: &[&str] = &[
     "InternalError",
     "InternalFailure",
     "InternalServerError",
@@ -46,9 +33,13 @@ const TRANSIENT_CODES: &[&str] = &[
     "Unavailable",
 ];
 
-/// Whether an AWS error code names a transient condition.
+/// Whether an AWS error code names a transient condition: the SDK's throttling and transient
+/// codes (`aws_runtime`'s lists, so a code the SDK learns is ours too; `LimitExceededException`
+/// among them), or a server error.
 pub fn is_transient_code(code: &str) -> bool {
-    TRANSIENT_CODES.contains(&code)
+    THROTTLING_ERRORS.contains(&code)
+        || TRANSIENT_ERRORS.contains(&code)
+        || SERVER_ERROR_CODES.contains(&code)
 }
 
 /// Whether an HTTP status says "the service, not the request, failed".
@@ -112,6 +103,15 @@ pub fn grpc_class(code: tonic::Code) -> Class {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_code_the_sdk_retries_is_transient_here_too() {
+        for code in THROTTLING_ERRORS.iter().chain(TRANSIENT_ERRORS) {
+            assert!(is_transient_code(code), "{code}");
+        }
+        assert!(is_transient_code("LimitExceededException"));
+        assert!(is_transient_code("RequestTimeout"));
+    }
 
     #[test]
     fn throttling_codes_are_transient() {
