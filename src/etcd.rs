@@ -39,6 +39,7 @@ use futures_util::future::join_all;
 use tokio::time::Instant;
 
 use crate::config::{Config, Scheme, TlsFiles};
+use crate::health::{self, Judgement, StatusAnswer, StatusReport};
 use crate::model::{
     ClusterView, Instance, Member, Membership, MembershipError, MembershipLock, Promotion, Removal,
 };
@@ -157,7 +158,7 @@ impl EtcdMembership {
         for ip in peers
             .iter()
             .filter(|p| p.is_up())
-            .filter_map(|p| p.private_ip)
+            .filter_map(|p| p.private_ip.or_else(|| p.ips().next()))
         {
             let url = match ip {
                 IpAddr::V4(v4) => format!("{scheme}://{v4}:{port}"),
@@ -400,30 +401,38 @@ impl EtcdMembership {
         }
     }
 
-    /// `member`'s own status, asked at its advertised client URLs; `None` when it did not
-    /// answer (or never started). Uncounted: a silent member is information.
+    /// `member`'s own status, asked at its advertised client URLs, as [`health::judge`] takes
+    /// it. Uncounted by the breaker: a silent member is information about that member.
     async fn status_of(
         &self,
         member: &Member,
         deadline: &Deadline,
-    ) -> Result<Option<MemberStatus>, MembershipError> {
+    ) -> Result<StatusAnswer, MembershipError> {
         if member.client_urls.is_empty() {
-            return Ok(None);
+            return Ok(StatusAnswer::NeverStarted);
+        }
+        if deadline.in_reserve(Instant::now()) {
+            return Ok(StatusAnswer::NotAskedInTime);
         }
         let ask = async {
-            let mut last = String::new();
+            let mut last = Unanswered::Silent(String::new());
             for url in &member.client_urls {
                 let left = deadline
                     .work_until()
                     .saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    break;
+                    return Err(Unanswered::NotInTime);
                 }
                 let limit = STATUS_TIMEOUT.min(left);
+                let cut_short = limit < STATUS_TIMEOUT;
                 let mut client = match self.connect(url, limit).await {
                     Ok(client) => client,
+                    Err(_) if cut_short => {
+                        last = Unanswered::NotInTime;
+                        continue;
+                    }
                     Err(e) => {
-                        last = format!("{url}: {}", describe(&e));
+                        last = Unanswered::Silent(format!("{url}: {}", describe(&e)));
                         continue;
                     }
                 };
@@ -431,29 +440,91 @@ impl EtcdMembership {
                     Ok(Ok(status)) => {
                         let own = status.header().map_or(0, |h| h.member_id());
                         if own != 0 && own != member.id {
-                            last = format!("{url} is member {own:x}, not {:x}", member.id);
+                            last = Unanswered::Silent(format!(
+                                "{url} is member {own:x}, not {:x}",
+                                member.id
+                            ));
                             continue;
                         }
-                        return Ok(MemberStatus {
+                        return Ok(StatusAnswer::Answered(StatusReport {
                             leader: status.leader(),
                             raft_term: status.raft_term(),
-                        });
+                            raft_index: status.raft_index(),
+                            errors: status.errors().to_vec(),
+                        }));
                     }
-                    Ok(Err(e)) => last = format!("{url}: {}", describe(&e)),
-                    Err(_) => last = format!("{url}: no answer within {} ms", limit.as_millis()),
+                    Ok(Err(e)) if matches!(sort_error(url, &e), Miss::NoLeader(_)) => {
+                        return Ok(StatusAnswer::NoLeader);
+                    }
+                    Ok(Err(e)) => last = Unanswered::Silent(format!("{url}: {}", describe(&e))),
+                    Err(_) if cut_short => last = Unanswered::NotInTime,
+                    Err(_) => {
+                        last = Unanswered::Silent(format!(
+                            "{url}: no answer within {} ms",
+                            limit.as_millis()
+                        ))
+                    }
                 }
             }
             Err(last)
         };
         match self.resilience.probe(Dependency::Etcd, deadline, ask).await {
-            Ok(status) => Ok(Some(status)),
+            Ok(answer) => Ok(answer),
             Err(CallError::CircuitOpen(open)) => Err(MembershipError::CircuitOpen(open)),
+            Err(CallError::DeadlineReached { .. }) => Ok(StatusAnswer::NotAskedInTime),
             Err(e) => {
-                let detail = e.source_error().cloned().unwrap_or_else(|| e.to_string());
-                tracing::debug!(member = %hex(member.id), %detail, "member did not answer Status");
-                Ok(None)
+                let answer = match e.source_error() {
+                    Some(Unanswered::NotInTime) => StatusAnswer::NotAskedInTime,
+                    Some(Unanswered::Silent(detail)) => StatusAnswer::Silent(detail.clone()),
+                    None => StatusAnswer::Silent(e.to_string()),
+                };
+                tracing::debug!(member = %hex(member.id), answer = ?answer, "member gave no usable Status");
+                Ok(answer)
             }
         }
+    }
+
+    /// Every member's `Status`, asked concurrently, judged together.
+    async fn judged(
+        &self,
+        members: &[Member],
+        deadline: &Deadline,
+    ) -> Result<Judgement, MembershipError> {
+        let answers = join_all(members.iter().map(|m| self.status_of(m, deadline))).await;
+        let mut asked = Vec::with_capacity(members.len());
+        for (member, answer) in members.iter().zip(answers) {
+            asked.push((member.id, answer?));
+        }
+        Ok(health::judge(members, &asked))
+    }
+
+    /// The member list from the first of `urls` that answers (never one this process removed,
+    /// and without the members it removed), with the ID of the member that answered.
+    async fn member_list(
+        &self,
+        urls: &[String],
+        deadline: &Deadline,
+    ) -> Result<(Vec<Member>, u64), MembershipError> {
+        let removed = self.removed_members();
+        let list = |mut client: Client| {
+            let removed = removed.clone();
+            async move {
+                let answer = client.member_list().await?;
+                let from = answer.header().map_or(0, |h| h.member_id());
+                if removed.contains(&from) {
+                    return Err(OpError::Stale(format!(
+                        "answered by member {from:x}, which was removed"
+                    )));
+                }
+                let members = answer.members().iter().map(member_from).collect::<Vec<_>>();
+                Ok((members, from))
+            }
+        };
+        let (mut members, from) = self.run("member list", urls, deadline, &list).await?;
+        // A member that has not applied a removal yet still lists the removed member; etcd
+        // never reuses an ID, so one this process saw removed is gone for good.
+        members.retain(|m| !removed.contains(&m.id));
+        Ok((members, from))
     }
 
     /// The leader as the members say now: the first of `view.leader` and the other healthy
@@ -473,7 +544,7 @@ impl EtcdMembership {
             let Some(member) = view.member(id) else {
                 continue;
             };
-            if let Some(status) = self.status_of(member, deadline).await? {
+            if let StatusAnswer::Answered(status) = self.status_of(member, deadline).await? {
                 if status.leader != 0 {
                     return Ok(Some(status.leader));
                 }
@@ -508,6 +579,7 @@ impl EtcdMembership {
                 detail: format!("{detail}{tries}"),
             },
             Failure::Refused { detail } => MembershipError::Refused { detail },
+            Failure::WritesRefused { detail } => MembershipError::WritesRefused { detail },
             Failure::NoLeader { detail } => MembershipError::NoLeader { detail },
             Failure::Locked { waited } => MembershipError::Locked {
                 name: LOCK_NAME.to_string(),
@@ -615,52 +687,53 @@ impl Membership for EtcdMembership {
         self.revoke(lock.lease, &urls, deadline).await;
     }
 
-    /// The member list from the first endpoint that answers (never one this process removed,
-    /// and without the members it removed), then every started member's `Status`, asked
-    /// concurrently at its own client URL. A member is healthy when it answered; the leader is
-    /// the one reported in the highest raft term.
+    /// The member list, then every started member's `Status` (asked concurrently at its own
+    /// client URL), judged by [`health::judge`]. A list answered by another member than the
+    /// leader is read again from the leader: a member that lags may not list a member added or
+    /// removed a moment ago, and the quorum check and the proof that an instance has no member
+    /// must count the members the cluster has committed.
     async fn cluster(
         &self,
         peers: &[Instance],
         deadline: &Deadline,
     ) -> Result<ClusterView, MembershipError> {
         let urls = self.cluster_endpoints(peers)?;
-        let removed = self.removed_members();
-        let list = |mut client: Client| {
-            let removed = removed.clone();
-            async move {
-                let answer = client.member_list().await?;
-                let from = answer.header().map_or(0, |h| h.member_id());
-                if removed.contains(&from) {
-                    return Err(OpError::Stale(format!(
-                        "answered by member {from:x}, which was removed"
-                    )));
-                }
-                Ok(answer.members().iter().map(member_from).collect::<Vec<_>>())
-            }
-        };
-        let mut members = self.run("member list", &urls, deadline, &list).await?;
-        // A member that has not applied a removal yet still lists the removed member; etcd
-        // never reuses an ID, so one this process saw removed is gone for good.
-        members.retain(|m| !removed.contains(&m.id));
+        let (mut members, mut from) = self.member_list(&urls, deadline).await?;
         self.remember_members(&members);
-
-        let statuses = join_all(members.iter().map(|m| self.status_of(m, deadline))).await;
-        let mut healthy = Vec::new();
-        let mut newest: Option<MemberStatus> = None;
-        for (member, status) in members.iter().zip(statuses) {
-            let Some(status) = status? else {
-                continue;
-            };
-            healthy.push(member.id);
-            if status.leader != 0 && newest.is_none_or(|n| status.raft_term > n.raft_term) {
-                newest = Some(status);
+        let mut judgement = self.judged(&members, deadline).await?;
+        // Read again from the leader only when it answered as the leader itself: a leader the
+        // followers still name but that has stepped down or cannot be reached confirms nothing.
+        let leader = judgement.leader.filter(|_| judgement.leader_answered);
+        if let Some(leader) = leader.filter(|leader| *leader != from) {
+            let leader_urls = members
+                .iter()
+                .find(|m| m.id == leader)
+                .map(|m| m.client_urls.clone())
+                .unwrap_or_default();
+            match self.member_list(&leader_urls, deadline).await {
+                Ok((listed, answered)) if answered == leader => {
+                    if listed != members {
+                        tracing::info!(from = %hex(from), leader = %hex(leader), "a lagging member's list differed from the leader's: using the leader's");
+                        self.remember_members(&listed);
+                        judgement = self.judged(&listed, deadline).await?;
+                    }
+                    members = listed;
+                    from = answered;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(leader = %hex(leader), error = %e, "could not read the member list from the leader: the view is not confirmed")
+                }
             }
         }
         Ok(ClusterView {
+            confirmed_by_leader: judgement.leader_answered
+                && judgement.leader.is_some_and(|leader| leader == from),
             members,
-            healthy,
-            leader: newest.map(|s| s.leader),
+            healthy: judgement.healthy,
+            not_healthy: judgement.not_healthy,
+            leader: judgement.leader,
+            alarms: judgement.alarms,
         })
     }
 
@@ -827,11 +900,21 @@ impl Membership for EtcdMembership {
     }
 }
 
-/// What one member's `Status` said.
-#[derive(Debug, Clone, Copy)]
-struct MemberStatus {
-    leader: u64,
-    raft_term: u64,
+/// Why a member's `Status` gave no answer to judge.
+#[derive(Debug)]
+enum Unanswered {
+    Silent(String),
+    /// The deadline cut the wait short, or left none.
+    NotInTime,
+}
+
+impl fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unanswered::Silent(detail) => f.write_str(detail),
+            Unanswered::NotInTime => f.write_str("not asked in time"),
+        }
+    }
 }
 
 /// How an operation failed on one endpoint.
@@ -887,6 +970,8 @@ enum Failure {
     Refused { detail: String },
     /// Another invocation held the membership lock for the whole wait. An answer: not counted.
     Locked { waited: Duration },
+    /// etcd refuses writes under an alarm (NOSPACE). An answer about the cluster: not counted.
+    WritesRefused { detail: String },
     /// etcd answered with an error retrying cannot fix.
     Rejected { detail: String },
     /// Every reachable endpoint failed the TLS handshake: a configuration problem.
@@ -986,6 +1071,14 @@ fn sort_error(url: &str, e: &etcd_client::Error) -> Miss {
     if is_refusal(e) {
         return Miss::Final(Failure::Refused {
             detail: format!("{url} answered {detail}: {}", refusal_meaning(e)),
+        });
+    }
+    if ["database space exceeded", "corrupt cluster"]
+        .iter()
+        .any(|m| grpc_message(e).contains(m))
+    {
+        return Miss::Final(Failure::WritesRefused {
+            detail: format!("{url} answered {detail}"),
         });
     }
     if !answered_by_etcd(e) {

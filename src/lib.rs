@@ -6,6 +6,7 @@ pub mod config;
 pub mod etcd;
 pub mod event;
 pub mod handler;
+pub mod health;
 pub mod membership;
 pub mod metrics;
 pub mod model;

@@ -12,7 +12,7 @@
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -22,7 +22,7 @@ use etcd_lifecycle_hook::aws::ec2::Ec2Fleet;
 use etcd_lifecycle_hook::aws::{ATTEMPT_TIMEOUT, CONNECT_TIMEOUT};
 use etcd_lifecycle_hook::config::Config;
 use etcd_lifecycle_hook::etcd::EtcdMembership;
-use etcd_lifecycle_hook::handler::{deadline_from_epoch_ms, Handler};
+use etcd_lifecycle_hook::handler::{check_reserve, deadline_from_epoch_ms, Handler, HandlerError};
 use etcd_lifecycle_hook::metrics::stdout_sink;
 use etcd_lifecycle_hook::model::{
     ActionKey, AwsError, Completion, Fleet, GroupLifecycle, Heartbeat, Instance, Lifecycle,
@@ -73,18 +73,44 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         resilience,
         config: Arc::clone(&config),
     });
+    // Judged once, from the first invocation's time (about the function timeout); a reserve
+    // that does not fit makes every invocation of this execution environment answer so.
+    let reserve_fits: Arc<OnceLock<Result<(), HandlerError>>> = Arc::new(OnceLock::new());
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let handler = Arc::clone(&handler);
         let reserve = config.deadline_reserve;
+        let reserve_fits = Arc::clone(&reserve_fits);
         async move {
             let deadline = deadline_from_epoch_ms(event.context.deadline, reserve);
-            handler
-                .handle(&event.payload, deadline)
-                .await
-                .map_err(|e| Diagnostic {
-                    error_type: e.kind().to_string(),
-                    error_message: e.to_string(),
-                })
+            // A deadline already past is no timeout to judge by (a local emulator's, such as
+            // cargo-lambda watch's 1970 one): the flows refuse work for it themselves.
+            let available = deadline
+                .at
+                .saturating_duration_since(tokio::time::Instant::now());
+            let refused = if available.is_zero() {
+                None
+            } else {
+                reserve_fits
+                    .get_or_init(|| check_reserve(available, reserve))
+                    .as_ref()
+                    .err()
+                    .cloned()
+            };
+            // Handled all the same: with no time outside the reserve every flow holds its
+            // actions (heartbeats), so none times out while the configuration is fixed; the
+            // answer is the configuration error.
+            let answer = handler.handle(&event.payload, deadline).await;
+            let answer = match refused {
+                Some(e) => {
+                    tracing::error!(error = %e, "the deadline reserve does not fit the function timeout: actions held, configuration error answered");
+                    Err(e)
+                }
+                None => answer,
+            };
+            answer.map_err(|e| Diagnostic {
+                error_type: e.kind().to_string(),
+                error_message: e.to_string(),
+            })
         }
     }))
     .await

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::model::{ClusterView, Instance, Member};
+use crate::model::{ClusterView, Instance, Member, NotHealthy};
 
 /// Whether a removal may go ahead, with the reason either way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -50,7 +50,10 @@ pub fn url_host(url: &str) -> Option<&str> {
 }
 
 fn url_ip(url: &str) -> Option<IpAddr> {
-    url_host(url)?.parse().ok()
+    url_host(url)?
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
 }
 
 /// What a member's name says about the machine it runs on.
@@ -131,6 +134,7 @@ fn matches_by_name(member: &Member, instance: &Instance) -> bool {
     }
     match name_says(name) {
         NameSays::Instance(id) => id == instance.id,
+        // An IP-name host name is derived from the primary private IPv4 address only.
         NameSays::Ip(ip) => instance.private_ip == Some(ip),
         NameSays::Nothing => false,
     }
@@ -147,19 +151,110 @@ pub fn member_matches(member: &Member, instance: &Instance) -> bool {
     if name_says(&member.name) != NameSays::Nothing {
         return false;
     }
-    instance
-        .private_ip
-        .is_some_and(|ip| url_ips(member).contains(&ip))
+    url_ips(member).into_iter().any(|ip| instance.has_ip(ip))
 }
 
 /// The member of `instance`, if the cluster has one: a member named for it first, then one that
 /// carries its IP (an unstarted learner added for the same address must not shadow the
 /// instance's own named member).
 pub fn find_member<'a>(view: &'a ClusterView, instance: &Instance) -> Option<&'a Member> {
+    let on_primary = |m: &&&Member| {
+        instance
+            .private_ip
+            .is_some_and(|ip| url_ips(m).contains(&ip))
+    };
     view.members
         .iter()
         .find(|m| matches_by_name(m, instance))
-        .or_else(|| view.members.iter().find(|m| member_matches(m, instance)))
+        .or_else(|| {
+            // Of the members an address matches, one on the primary address first: a secondary
+            // address may have been a dead instance's once.
+            let by_address: Vec<&Member> = view
+                .members
+                .iter()
+                .filter(|m| member_matches(m, instance))
+                .collect();
+            by_address
+                .iter()
+                .find(on_primary)
+                .or(by_address.first())
+                .copied()
+        })
+}
+
+/// The proof that `leaving` has no member, which a terminate needs before it completes
+/// without a removal: no match is not proof of absence (a member the matcher cannot place may
+/// be this instance's). `Ok` when the list is the leader's and every voter is accounted for:
+/// matched by another existing instance (`others`), or provably another machine's by its name
+/// (another instance's ID, or the IP-name of another primary address than `leaving`'s, when
+/// that is known). An address in a URL proves nothing by itself: an elastic, public or
+/// container address EC2 does not list may still be `leaving`'s. `Err` names the voters that
+/// are neither.
+pub fn absence_proven<'a>(
+    view: &'a ClusterView,
+    leaving: &Instance,
+    others: &[Instance],
+) -> Result<(), Absence<'a>> {
+    if !view.confirmed_by_leader {
+        return Err(Absence::Unconfirmed);
+    }
+    let unaccounted: Vec<&Member> = view
+        .members
+        .iter()
+        .filter(|m| !m.is_learner)
+        .filter(|m| {
+            let matched = others
+                .iter()
+                .any(|i| i.id != leaving.id && member_matches(m, i));
+            !matched && !elsewhere(m, leaving)
+        })
+        .collect();
+    if unaccounted.is_empty() {
+        Ok(())
+    } else {
+        Err(Absence::Unaccounted(unaccounted))
+    }
+}
+
+/// Why [`absence_proven`] could not prove it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Absence<'a> {
+    /// The member list did not come from the leader.
+    Unconfirmed,
+    /// Voters that no other instance accounts for and that may be `leaving`'s.
+    Unaccounted(Vec<&'a Member>),
+}
+
+/// Whether `member`'s name says it runs on another machine than `leaving`.
+fn elsewhere(member: &Member, leaving: &Instance) -> bool {
+    match name_says(&member.name) {
+        NameSays::Instance(id) => id != leaving.id,
+        NameSays::Ip(ip) => leaving.private_ip.is_some_and(|own| own != ip),
+        NameSays::Nothing => false,
+    }
+}
+
+/// The host to put in a newcomer's peer URL: an address of the family its peers use (an
+/// IPv6-only or dual-stack cluster advertises `[v6]` peer URLs), bracketed for IPv6.
+pub fn peer_host(newcomer: &Instance, view: &ClusterView) -> Option<String> {
+    let peers_v6 = view
+        .members
+        .iter()
+        .flat_map(|m| &m.peer_urls)
+        .find_map(|u| url_ip(u))
+        .map(|ip| ip.is_ipv6());
+    let ip = match peers_v6 {
+        Some(v6) => newcomer
+            .ips()
+            .find(|ip| ip.is_ipv6() == v6)
+            .or_else(|| newcomer.ips().next()),
+        None => newcomer.private_ip.or_else(|| newcomer.ips().next()),
+    }?;
+    Some(if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    })
 }
 
 /// What to ask EC2 about a member: the instance its name names, or the IPs it carries.
@@ -193,19 +288,24 @@ pub fn identity(member: &Member) -> Identity {
 fn carried_by_any(identity: &Identity, existing: &[Instance]) -> bool {
     match identity {
         Identity::Instance(id) => existing.iter().any(|i| &i.id == id),
-        Identity::Ips(ips) => existing
-            .iter()
-            .any(|i| i.private_ip.is_some_and(|ip| ips.contains(&ip))),
+        Identity::Ips(ips) => existing.iter().any(|i| i.ips().any(|ip| ips.contains(&ip))),
         Identity::Unknown => true,
     }
 }
 
-/// Members that did not answer `Status` in this invocation: the only ones that may be stale.
-/// A member that answers is alive and serving, whatever its name or group.
+/// Members that did not answer `Status` in this invocation (or never started): the only ones
+/// that may be stale. A member that answers is alive, whatever its name, group or health; one
+/// not asked in time may be too.
 pub fn silent_members(view: &ClusterView) -> Vec<&Member> {
     view.members
         .iter()
         .filter(|m| !view.is_healthy(m.id))
+        .filter(|m| {
+            matches!(
+                view.why_not_healthy(m.id),
+                None | Some(NotHealthy::Silent(_) | NotHealthy::NeverStarted)
+            )
+        })
         .collect()
 }
 
@@ -343,6 +443,7 @@ mod tests {
             state: "running".to_string(),
             spot: false,
             spot_request_id: None,
+            other_ips: Vec::new(),
         }
     }
 
@@ -351,6 +452,8 @@ mod tests {
             members,
             healthy: healthy.to_vec(),
             leader: healthy.first().copied(),
+            confirmed_by_leader: true,
+            ..ClusterView::default()
         }
     }
 
@@ -600,6 +703,163 @@ mod tests {
                 .collect();
             chosen.iter().all(|m| view.is_healthy(m.id)) && 2 * chosen.len() > n
         })
+    }
+
+    fn with_urls(id: u64, name: &str, urls: &[&str]) -> Member {
+        Member {
+            id,
+            name: name.to_string(),
+            peer_urls: urls.iter().map(|u| format!("{u}:2380")).collect(),
+            client_urls: urls.iter().map(|u| format!("{u}:2379")).collect(),
+            is_learner: false,
+        }
+    }
+
+    #[test]
+    fn absence_is_proven_when_every_voter_is_another_machines() {
+        let leaving = instance("i-0ccc", "10.0.0.3", "ip-10-0-0-3.ec2.internal");
+        let others = [
+            instance("i-0aaa", "10.0.0.1", "ip-10-0-0-1.ec2.internal"),
+            instance("i-0bbb", "10.0.0.2", "ip-10-0-0-2.ec2.internal"),
+        ];
+        let v = view(
+            vec![
+                // Matched by another instance's ID; by another's IP-name; a dead instance's ID.
+                with_urls(1, "i-0aaa", &["http://10.0.0.1"]),
+                with_urls(2, "ip-10-0-0-2.corp.example", &["http://10.0.0.2"]),
+                with_urls(3, "i-0000dead", &["http://10.0.0.3"]),
+                // A name that says nothing, at another instance's address.
+                with_urls(4, "etcd-4", &["http://10.0.0.4"]),
+            ],
+            &[1, 2, 4],
+        );
+        let mut with_fourth = others.to_vec();
+        with_fourth.push(instance("i-0eee", "10.0.0.4", ""));
+        assert_eq!(absence_proven(&v, &leaving, &with_fourth), Ok(()));
+        // Without an instance at that address, nothing proves it is not the leaving instance's
+        // (an elastic or container address EC2 does not list for it).
+        assert!(absence_proven(&v, &leaving, &others).is_err());
+    }
+
+    #[test]
+    fn absence_is_not_proven_for_a_member_that_could_be_the_leaving_instances() {
+        let leaving = instance("i-0ccc", "10.0.0.3", "ip-10-0-0-3.ec2.internal");
+        let others = [instance("i-0aaa", "10.0.0.1", "ip-10-0-0-1.ec2.internal")];
+        let hosted = with_urls(2, "etcd-2", &["https://etcd-2.corp.example"]);
+        let v = view(
+            vec![with_urls(1, "i-0aaa", &["http://10.0.0.1"]), hosted.clone()],
+            &[1, 2],
+        );
+        assert_eq!(
+            absence_proven(&v, &leaving, &others),
+            Err(Absence::Unaccounted(vec![&hosted]))
+        );
+        // Its IPs unknown (EC2 forgot it), an IP-named member of no other instance may be it.
+        let forgotten = Instance {
+            private_ip: None,
+            private_dns: None,
+            ..leaving.clone()
+        };
+        let by_ip = with_urls(3, "ip-10-0-0-3", &["http://10.0.0.3"]);
+        let v = view(vec![by_ip.clone()], &[3]);
+        assert_eq!(
+            absence_proven(&v, &forgotten, &others),
+            Err(Absence::Unaccounted(vec![&by_ip]))
+        );
+        // Learners are not asked for: they hold no vote.
+        let mut learner = with_urls(5, "etcd-5", &["https://etcd-5.corp.example"]);
+        learner.is_learner = true;
+        let v = view(
+            vec![with_urls(1, "i-0aaa", &["http://10.0.0.1"]), learner],
+            &[1],
+        );
+        assert_eq!(absence_proven(&v, &leaving, &others), Ok(()));
+    }
+
+    #[test]
+    fn absence_needs_the_leaders_member_list() {
+        let leaving = instance("i-0ccc", "10.0.0.3", "");
+        let mut v = view(vec![with_urls(1, "i-0aaa", &["http://10.0.0.1"])], &[1]);
+        v.confirmed_by_leader = false;
+        assert_eq!(absence_proven(&v, &leaving, &[]), Err(Absence::Unconfirmed));
+    }
+
+    #[test]
+    fn a_dead_members_ip_name_on_a_secondary_address_is_not_this_instances() {
+        // The leaving instance was given, as a secondary address, the primary address a dead
+        // instance's member is named for; its own member comes later in the list.
+        let mut leaving = instance("i-0ccc", "10.0.0.3", "ip-10-0-0-3.ec2.internal");
+        leaving.other_ips = vec!["10.0.9.7".parse().unwrap()];
+        let dead = with_urls(1, "ip-10-0-9-7", &["http://10.0.9.7"]);
+        let own = with_urls(2, "ip-10-0-0-3", &["http://10.0.0.3"]);
+        let v = view(vec![dead.clone(), own], &[2]);
+        assert_eq!(find_member(&v, &leaving).map(|m| m.id), Some(2));
+        assert!(!member_matches(&dead, &leaving));
+        // Among address matches, the primary address first.
+        let by_secondary = with_urls(3, "etcd-a", &["http://10.0.9.7"]);
+        let by_primary = with_urls(4, "etcd-b", &["http://10.0.0.3"]);
+        let v = view(vec![by_secondary, by_primary], &[3, 4]);
+        assert_eq!(find_member(&v, &leaving).map(|m| m.id), Some(4));
+    }
+
+    #[test]
+    fn ipv6_and_secondary_addresses_match() {
+        let mut dual = instance("i-0ddd", "10.0.0.7", "ip-10-0-0-7.ec2.internal");
+        dual.other_ips = vec!["fd00::7".parse().unwrap(), "10.0.9.7".parse().unwrap()];
+        let v6 = with_urls(1, "etcd-7", &["https://[fd00::7]"]);
+        let secondary = with_urls(2, "", &["http://10.0.9.7"]);
+        assert!(member_matches(&v6, &dual));
+        assert!(member_matches(&secondary, &dual));
+        let v = view(vec![v6.clone()], &[1]);
+        assert_eq!(find_member(&v, &dual).map(|m| m.id), Some(1));
+        // A member of a dual-stack instance is not stale while that instance exists.
+        let silent = view(vec![v6], &[]);
+        let (stale, _) = stale_members(&silent, &[dual.clone()]);
+        assert!(stale.is_empty());
+        // And an IPv6-URL member of the leaving instance is never "another machine's".
+        let leaving_v = view(vec![with_urls(3, "etcd-7", &["https://[fd00::7]"])], &[3]);
+        assert!(find_member(&leaving_v, &dual).is_some());
+    }
+
+    #[test]
+    fn a_learners_peer_url_follows_its_peers_family() {
+        let mut dual = instance("i-0ddd", "10.0.0.7", "");
+        dual.other_ips = vec!["fd00::7".parse().unwrap()];
+        let v6_peers = view(vec![with_urls(1, "i-0aaa", &["https://[fd00::1]"])], &[1]);
+        let v4_peers = view(vec![with_urls(1, "i-0aaa", &["https://10.0.0.1"])], &[1]);
+        assert_eq!(peer_host(&dual, &v6_peers).as_deref(), Some("[fd00::7]"));
+        assert_eq!(peer_host(&dual, &v4_peers).as_deref(), Some("10.0.0.7"));
+        let v6_only = Instance {
+            private_ip: None,
+            other_ips: vec!["fd00::8".parse().unwrap()],
+            ..dual.clone()
+        };
+        assert_eq!(peer_host(&v6_only, &v4_peers).as_deref(), Some("[fd00::8]"));
+        assert_eq!(
+            peer_host(&v6_only, &ClusterView::default()).as_deref(),
+            Some("[fd00::8]")
+        );
+    }
+
+    #[test]
+    fn only_members_that_did_not_answer_may_be_stale() {
+        let mut v = view(
+            vec![
+                with_urls(1, "etcd-1", &["http://10.0.0.1"]),
+                with_urls(2, "etcd-2", &["http://10.0.0.2"]),
+                with_urls(3, "etcd-3", &["http://10.0.0.3"]),
+                with_urls(4, "etcd-4", &["http://10.0.0.4"]),
+            ],
+            &[],
+        );
+        v.not_healthy = vec![
+            (1, NotHealthy::Silent("refused".into())),
+            (2, NotHealthy::NoLeader),
+            (3, NotHealthy::NotAskedInTime),
+            (4, NotHealthy::Behind { entries: 5000 }),
+        ];
+        let silent: Vec<u64> = silent_members(&v).iter().map(|m| m.id).collect();
+        assert_eq!(silent, vec![1]);
     }
 
     proptest! {

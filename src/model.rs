@@ -26,6 +26,9 @@ pub struct Instance {
     /// The Spot request behind a Spot instance, whose status says whether it is being
     /// interrupted (`marked-for-termination`).
     pub spot_request_id: Option<String>,
+    /// Every other private address of its network interfaces: secondary IPv4 addresses and
+    /// IPv6 addresses (dual-stack and IPv6-only subnets). A member may advertise any of them.
+    pub other_ips: Vec<IpAddr>,
 }
 
 /// EC2 states in which an instance still exists (it may come back, or is coming up): a member
@@ -36,6 +39,17 @@ impl Instance {
     /// Pending or running: it may serve etcd now, so its address is worth asking.
     pub fn is_up(&self) -> bool {
         matches!(self.state.as_str(), "pending" | "running")
+    }
+
+    /// Every private address EC2 reported for it, the primary first.
+    pub fn ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.private_ip
+            .into_iter()
+            .chain(self.other_ips.iter().copied())
+    }
+
+    pub fn has_ip(&self, ip: IpAddr) -> bool {
+        self.ips().any(|own| own == ip)
     }
 }
 
@@ -210,14 +224,24 @@ pub struct Member {
     pub is_learner: bool,
 }
 
-/// etcd's own view of the cluster: the member list plus each member's health.
+/// etcd's own view of the cluster: the member list plus each member's health, judged by
+/// `health::judge` (the one definition of "healthy").
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct ClusterView {
     pub members: Vec<Member>,
-    /// IDs of members that answered a status request.
+    /// IDs of the healthy members: answered, follow the leader a majority of the voters follow
+    /// in its term, caught up with it, and named by no alarm.
     pub healthy: Vec<u64>,
-    /// The leader's member ID, as reported by the members that answered.
+    /// Why each other member is not healthy, for the hold reasons.
+    pub not_healthy: Vec<(u64, NotHealthy)>,
+    /// The leader a majority of the voting members follow; `None` when no leader has a majority.
     pub leader: Option<u64>,
+    /// Alarms raised in the cluster (`NOSPACE`, `CORRUPT`), each with the member it names.
+    pub alarms: Vec<Alarm>,
+    /// The member list was answered by the leader (or read again from it): it is the list the
+    /// cluster has committed, not the view of a member that lags. Removals and the proof that
+    /// an instance has no member rest on it.
+    pub confirmed_by_leader: bool,
 }
 
 impl ClusterView {
@@ -227,6 +251,71 @@ impl ClusterView {
 
     pub fn is_healthy(&self, id: u64) -> bool {
         self.healthy.contains(&id)
+    }
+
+    /// Why `id` is not healthy; `None` for a healthy (or unknown) member.
+    pub fn why_not_healthy(&self, id: u64) -> Option<&NotHealthy> {
+        self.not_healthy
+            .iter()
+            .find(|(member, _)| *member == id)
+            .map(|(_, why)| why)
+    }
+}
+
+/// An alarm etcd has raised for a member (etcd lists every alarm in each member's `Status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Alarm {
+    pub member: u64,
+    /// `NOSPACE` (the member's database is over its quota: the cluster refuses writes) or
+    /// `CORRUPT` (the member's data disagrees with the others').
+    pub kind: String,
+}
+
+/// Why a member is not counted healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum NotHealthy {
+    /// Added but never started: it advertises no client URL.
+    NeverStarted,
+    /// It did not answer `Status`.
+    Silent(String),
+    /// The deadline left no time to ask it, or to wait for its answer: its health is unknown,
+    /// not bad.
+    NotAskedInTime,
+    /// It answered, but has no leader: cut off from a quorum, or in an election.
+    NoLeader,
+    /// It follows another leader or term than a majority of the voters do (or no leader has a
+    /// majority).
+    OtherLeader { leader: u64, term: u64 },
+    /// Its raft log is this many entries behind the leader's.
+    Behind { entries: u64 },
+    /// An alarm names it.
+    Alarmed { kind: String },
+}
+
+impl std::fmt::Display for NotHealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotHealthy::NeverStarted => write!(f, "never started"),
+            NotHealthy::Silent(detail) => write!(f, "did not answer ({detail})"),
+            NotHealthy::NotAskedInTime => {
+                write!(
+                    f,
+                    "not asked in time (the invocation's deadline came first)"
+                )
+            }
+            NotHealthy::NoLeader => write!(
+                f,
+                "answered without a leader (cut off from a quorum, or an election)"
+            ),
+            NotHealthy::OtherLeader { leader, term } => write!(
+                f,
+                "follows leader {leader:x} in term {term}, not the leader a majority follows"
+            ),
+            NotHealthy::Behind { entries } => {
+                write!(f, "{entries} raft entries behind the leader")
+            }
+            NotHealthy::Alarmed { kind } => write!(f, "{kind} alarm raised"),
+        }
     }
 }
 
@@ -257,6 +346,11 @@ pub enum MembershipError {
     /// etcd's strict reconfig check refused a membership change: unsafe now, hold and retry later.
     #[error("etcd refused the membership change as unsafe now: {detail}")]
     Refused { detail: String },
+    /// etcd refuses writes while an alarm is raised (NOSPACE: a member's database is over its
+    /// quota; CORRUPT: a member's data disagrees), so neither the lock nor any change can be
+    /// had: hold until an operator clears it.
+    #[error("etcd refuses writes while an alarm is raised ({detail}): under NOSPACE a member's database is over its quota (compact, defragment, then disarm the alarm); under CORRUPT a member's data disagrees with the others' (replace that member); see README, runbook")]
+    WritesRefused { detail: String },
     /// The members that answered have no leader: the cluster has lost quorum, or is electing a
     /// leader. Nothing can change until it has one: hold.
     #[error("etcd has no leader (quorum lost, or an election under way): {detail}; nothing can change until a majority of the voting members run and elect one")]

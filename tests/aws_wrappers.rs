@@ -463,6 +463,8 @@ impl Membership for ThreeMembers {
                 .collect(),
             healthy: ids.clone(),
             leader: Some(1),
+            confirmed_by_leader: true,
+            ..ClusterView::default()
         })
     }
     async fn move_leader(

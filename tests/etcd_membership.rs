@@ -12,7 +12,9 @@ use common::etcd_cluster::EtcdCluster;
 use etcd_lifecycle_hook::config::Config;
 use etcd_lifecycle_hook::etcd::EtcdMembership;
 use etcd_lifecycle_hook::membership::{leader_candidate, quorum_after_removal, stale_members};
-use etcd_lifecycle_hook::model::{ClusterView, Membership, MembershipError, Promotion, Removal};
+use etcd_lifecycle_hook::model::{
+    Alarm, ClusterView, Membership, MembershipError, NotHealthy, Promotion, Removal,
+};
 use etcd_lifecycle_hook::resilience::breaker::State;
 use etcd_lifecycle_hook::resilience::policy::Deadline;
 use etcd_lifecycle_hook::resilience::policy::LOCK_WAIT;
@@ -571,4 +573,103 @@ async fn the_lock_is_released_after_removing_the_only_endpoint_it_was_taken_thro
         asked.elapsed()
     );
     other.unlock(ok(next, "next lock"), &deadline()).await;
+}
+
+/// An alarm makes the member it names unhealthy (etcd lists every alarm in each member's
+/// `Status`), and under NOSPACE etcd refuses writes, the lock's lease included: `WritesRefused`,
+/// not a failure the breaker counts. Disarmed, the lock is free again.
+#[tokio::test]
+async fn an_alarm_makes_its_member_unhealthy_and_nospace_refuses_the_lock() {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+    let cluster = EtcdCluster::start(180, 3).await;
+    cluster.wait_reconfig_ready().await;
+    let (etcd, resilience) = membership(&cluster);
+    let named = cluster.id_of(2).await;
+    let mut raw = ok(
+        etcd_client::Client::connect([cluster.client_url(1)], None).await,
+        "connecting",
+    );
+    let mut options = AlarmOptions::new();
+    options.with_member(named);
+    ok(
+        raw.alarm(
+            AlarmAction::Activate,
+            AlarmType::Nospace,
+            Some(options.clone()),
+        )
+        .await,
+        "raising NOSPACE",
+    );
+
+    let view = view_of(&etcd, &cluster).await;
+    assert_eq!(
+        view.why_not_healthy(named),
+        Some(&NotHealthy::Alarmed {
+            kind: "NOSPACE".into()
+        }),
+        "{view:?}"
+    );
+    assert_eq!(view.healthy.len(), 2, "{view:?}");
+    assert_eq!(
+        view.alarms,
+        vec![Alarm {
+            member: named,
+            kind: "NOSPACE".into()
+        }]
+    );
+    let refused = etcd.lock(&cluster.instances(), &deadline()).await;
+    assert!(
+        matches!(&refused, Err(MembershipError::WritesRefused { .. })),
+        "{refused:?}"
+    );
+    assert_breaker_closed(&resilience);
+
+    ok(
+        raw.alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(options))
+            .await,
+        "disarming NOSPACE",
+    );
+    let view = view_of(&etcd, &cluster).await;
+    assert_eq!(view.healthy.len(), 3, "{view:?}");
+    let lock = ok(
+        etcd.lock(&cluster.instances(), &deadline()).await,
+        "the lock after disarming",
+    );
+    etcd.unlock(lock, &deadline()).await;
+}
+
+/// A member list answered by a follower is read again from the leader, so the view rests on the
+/// list the cluster has committed; a member cut off from the others (the minority side of a
+/// stopped majority) answers "no leader" rather than nothing, and no view is made of it.
+#[tokio::test]
+async fn the_view_is_confirmed_by_the_leader_and_a_leaderless_member_says_so() {
+    let mut cluster = EtcdCluster::start(190, 3).await;
+    cluster.wait_reconfig_ready().await;
+    let leader = cluster.leader().await;
+    let mut follower = 1;
+    for slot in 1..=3 {
+        if cluster.id_of(slot).await != leader {
+            follower = slot;
+            break;
+        }
+    }
+    let config = Config {
+        etcd_endpoints: vec![cluster.client_url(follower)],
+        ..cluster.config()
+    };
+    let (etcd, _) = membership_with(&config);
+    let view = ok(etcd.cluster(&[], &deadline()).await, "reading the cluster");
+    assert_eq!(view.leader, Some(leader));
+    assert!(view.confirmed_by_leader, "{view:?}");
+    assert_eq!(view.healthy.len(), 3, "{view:?}");
+
+    for slot in (1..=3).filter(|s| *s != follower) {
+        cluster.stop(slot).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let read = etcd.cluster(&[], &deadline()).await;
+    assert!(
+        matches!(&read, Err(MembershipError::NoLeader { .. })),
+        "{read:?}"
+    );
 }

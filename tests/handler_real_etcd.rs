@@ -193,6 +193,7 @@ async fn launch_removes_a_stale_member_and_completes() {
         state: "pending".into(),
         spot: false,
         spot_request_id: None,
+        other_ips: Vec::new(),
     };
     instances.push(newcomer.clone());
     let (h, lifecycle) = handler(instances, cluster.config());

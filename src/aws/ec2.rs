@@ -91,7 +91,40 @@ fn instance_from(i: &aws_sdk_ec2::types::Instance) -> Option<Instance> {
             .spot_instance_request_id()
             .filter(|r| !r.is_empty())
             .map(String::from),
+        other_ips: other_ips(i),
     })
+}
+
+/// Every private address of the instance's network interfaces but the primary IPv4 one:
+/// secondary IPv4 addresses and IPv6 addresses, each once.
+fn other_ips(i: &aws_sdk_ec2::types::Instance) -> Vec<IpAddr> {
+    let primary = i.private_ip_address();
+    let mut texts: Vec<&str> = i.ipv6_address().into_iter().collect();
+    for interface in i.network_interfaces() {
+        texts.extend(
+            interface
+                .private_ip_addresses()
+                .iter()
+                .filter_map(|a| a.private_ip_address()),
+        );
+        texts.extend(
+            interface
+                .ipv6_addresses()
+                .iter()
+                .filter_map(|a| a.ipv6_address()),
+        );
+    }
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for ip in texts
+        .into_iter()
+        .filter(|t| Some(*t) != primary)
+        .filter_map(|t| t.parse().ok())
+    {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    ips
 }
 
 impl Fleet for Ec2Fleet {
@@ -140,17 +173,31 @@ impl Fleet for Ec2Fleet {
             };
             found.extend(self.describe(query, deadline).await?);
         }
-        if !ips.is_empty() {
+        // By family: IPv4 by the primary private address, IPv6 by any interface's address.
+        let by_family = [
+            ("private-ip-address", false),
+            ("network-interface.ipv6-addresses.ipv6-address", true),
+        ];
+        for (name, v6) in by_family {
+            let wanted: Vec<String> = ips
+                .iter()
+                .filter(|ip| ip.is_ipv6() == v6)
+                .map(IpAddr::to_string)
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
             let query = || {
                 self.client
                     .describe_instances()
-                    .filters(filter(
-                        "private-ip-address",
-                        ips.iter().map(IpAddr::to_string),
-                    ))
+                    .filters(filter(name, wanted.iter().cloned()))
                     .filters(existing())
             };
-            found.extend(self.describe(query, deadline).await?);
+            for instance in self.describe(query, deadline).await? {
+                if !found.iter().any(|f: &Instance| f.id == instance.id) {
+                    found.push(instance);
+                }
+            }
         }
         Ok(found)
     }

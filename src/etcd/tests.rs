@@ -22,6 +22,7 @@ fn instance(id: &str, ip: Option<&str>) -> Instance {
         state: "running".to_string(),
         spot: false,
         spot_request_id: None,
+        other_ips: Vec::new(),
     }
 }
 
@@ -328,6 +329,8 @@ fn changes_go_to_the_leader_first_and_to_the_removed_member_last() {
         ],
         healthy: vec![1, 2, 3],
         leader: Some(1),
+        confirmed_by_leader: true,
+        ..ClusterView::default()
     };
     // The leader moved from 1 to 3, and 1 is being removed.
     assert_eq!(
@@ -445,6 +448,8 @@ async fn an_open_circuit_is_reported_as_circuit_open() {
         members: vec![member(1, &["http://127.0.0.1:1"])],
         healthy: vec![1],
         leader: Some(1),
+        confirmed_by_leader: true,
+        ..ClusterView::default()
     };
     let err = etcd
         .remove(&view, 1, &deadline)

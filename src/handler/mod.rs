@@ -72,6 +72,11 @@ pub enum HandlerError {
         "the scheduled sweep needs ASG_NAMES: set it to the comma-separated groups to reconcile"
     )]
     SweepWithoutGroups,
+    #[error("DEADLINE_RESERVE_MS={reserve_ms} is not below the {available_ms} ms the first invocation had (about the function's timeout): every lifecycle action is held for lack of time and none handled; set DEADLINE_RESERVE_MS to at most a third of the timeout (the default 4500 suits timeouts of 15 s and more) or raise the function's timeout")]
+    ReserveTooLarge {
+        reserve_ms: u128,
+        available_ms: u128,
+    },
     #[error("{count} of {total} lifecycle actions not done; first: {first}")]
     Several {
         count: usize,
@@ -89,6 +94,7 @@ impl HandlerError {
             HandlerError::Held { .. } => "Held",
             HandlerError::Failed { .. } => "Failed",
             HandlerError::SweepWithoutGroups => "SweepWithoutGroups",
+            HandlerError::ReserveTooLarge { .. } => "InvalidConfiguration",
             HandlerError::Several { .. } => "Several",
         }
     }
@@ -400,6 +406,16 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         deadline: &Deadline,
         metrics: &mut InvocationMetrics,
     ) -> RemovalOutcome {
+        if !view.confirmed_by_leader {
+            return RemovalOutcome::Unsafe {
+                reason: format!(
+                    "member {} not removed: the member list was not confirmed by a leader a majority follows{}",
+                    display_name(member),
+                    not_healthy_summary(view)
+                ),
+                error: None,
+            };
+        }
         let verdict = quorum_after_removal(view, member.id, self.config.etcd_min_voters);
         let harm = match &verdict {
             Verdict::Safe { .. } => None,
@@ -410,10 +426,11 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             metrics.quorum_holds += 1;
             return RemovalOutcome::Unsafe {
                 reason: format!(
-                    "removing member {} ({:x}) {harm}: {}",
+                    "removing member {} ({:x}) {harm}: {}{}",
                     display_name(member),
                     member.id,
-                    verdict.reason()
+                    verdict.reason(),
+                    not_healthy_summary(view)
                 ),
                 error: None,
             };
@@ -425,8 +442,9 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 metrics.quorum_holds += 1;
                 return RemovalOutcome::Unsafe {
                     reason: format!(
-                        "member {} leads and no healthy voter can take over",
-                        display_name(member)
+                        "member {} leads and no healthy, caught-up voter can take over{}",
+                        display_name(member),
+                        not_healthy_summary(&view)
                     ),
                     error: None,
                 };
@@ -562,6 +580,31 @@ fn display_name(member: &Member) -> String {
     }
 }
 
+/// "; not healthy: <member> (<why>), ..." for a hold reason; empty when every member is.
+fn not_healthy_summary(view: &ClusterView) -> String {
+    if view.not_healthy.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = view
+        .not_healthy
+        .iter()
+        .map(|(id, why)| match view.member(*id) {
+            Some(m) => format!("{} ({id:x}) {why}", display_name(m)),
+            None => format!("{id:x} {why}"),
+        })
+        .collect();
+    let alarms: Vec<String> = view
+        .alarms
+        .iter()
+        .map(|a| format!("{} on {:x}", a.kind, a.member))
+        .collect();
+    let mut text = format!("; not healthy: {}", parts.join(", "));
+    if !alarms.is_empty() {
+        text.push_str(&format!("; alarms: {}", alarms.join(", ")));
+    }
+    text
+}
+
 fn deadline_unsafe() -> RemovalOutcome {
     RemovalOutcome::Unsafe {
         reason: "too little time left before the deadline to change membership".into(),
@@ -611,6 +654,22 @@ fn etcd_cause(e: &MembershipError) -> (String, Option<HandlerError>) {
     }
 }
 
+/// Refuses a deadline reserve that leaves no time to work. Lambda gives each invocation its
+/// function timeout, so the time the first invocation of an execution environment has is about
+/// that timeout: a reserve at or above it would hold every action "too little time" until its
+/// hook times out, with nothing but the holds to show for it. Checked once, at the first
+/// invocation; the actions are still held (so none times out while it is fixed), and the
+/// answer is this error.
+pub fn check_reserve(available: Duration, reserve: Duration) -> Result<(), HandlerError> {
+    if reserve >= available {
+        return Err(HandlerError::ReserveTooLarge {
+            reserve_ms: reserve.as_millis(),
+            available_ms: available.as_millis(),
+        });
+    }
+    Ok(())
+}
+
 /// The invocation's deadline from Lambda's context, as the layer's clock sees it.
 pub fn deadline_from_epoch_ms(deadline_ms: u64, reserve: Duration) -> Deadline {
     let now_ms = std::time::SystemTime::now()
@@ -623,5 +682,7 @@ pub fn deadline_from_epoch_ms(deadline_ms: u64, reserve: Duration) -> Deadline {
     )
 }
 
+#[cfg(test)]
+mod safety_tests;
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,9 @@
 use tokio::time::Instant;
 
 use super::{display_name, Handler, RemovalOutcome};
-use crate::membership::{find_member, identities_to_look_up, silent_members, stale_members};
+use crate::membership::{
+    find_member, identities_to_look_up, peer_host, silent_members, stale_members,
+};
 use crate::metrics::InvocationMetrics;
 use crate::model::{
     ClusterView, Fleet, Instance, Lifecycle, Membership, MembershipError, Promotion,
@@ -159,15 +161,10 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 display_name(other)
             ));
         }
-        let Some(ip) = newcomer.private_ip else {
+        let Some(host) = peer_host(newcomer, view) else {
             return Err(
                 "the newcomer has no private IP yet to build its learner's peer URL from".into(),
             );
-        };
-        let host = if ip.is_ipv6() {
-            format!("[{ip}]")
-        } else {
-            ip.to_string()
         };
         // Peers often speak another scheme than clients: follow the cluster's own peer URLs.
         let scheme = view

@@ -8,9 +8,9 @@ use super::{
     aws_cause, display_name, etcd_cause, Handler, HandlerError, InstanceResult, RemovalOutcome,
     Target,
 };
-use crate::membership::find_member;
+use crate::membership::{absence_proven, find_member, identities_to_look_up, Absence};
 use crate::metrics::InvocationMetrics;
-use crate::model::{Fleet, Instance, Lifecycle, Member, Membership, MembershipError};
+use crate::model::{ClusterView, Fleet, Instance, Lifecycle, Member, Membership, MembershipError};
 use crate::resilience::policy::{Deadline, SPOT_NOTICE, SPOT_RETRY_PAUSE};
 use crate::resilience::Dependency;
 
@@ -112,6 +112,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         {
             Ok(Some(found)) => Ok(found),
             Ok(None) => Ok(Instance {
+                other_ips: Vec::new(),
                 id: target.instance_id.clone(),
                 private_ip: None,
                 private_dns: None,
@@ -150,6 +151,72 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         }
     }
 
+    /// "; alarms: NOSPACE on etcd-2 (8e9e05c52164694d)" from a fresh read of the cluster, so a
+    /// hold under an alarm names the member to compact and defragment.
+    async fn alarms_named(&self, instances: &[Instance], deadline: &Deadline) -> String {
+        match self.membership.cluster(instances, deadline).await {
+            Ok(view) if !view.alarms.is_empty() => {
+                let named: Vec<String> = view
+                    .alarms
+                    .iter()
+                    .map(|a| match view.member(a.member) {
+                        Some(m) => format!("{} on {} ({:x})", a.kind, display_name(m), a.member),
+                        None => format!("{} on {:x}", a.kind, a.member),
+                    })
+                    .collect();
+                format!("; alarms: {}", named.join(", "))
+            }
+            Ok(_) => String::new(),
+            Err(e) => format!("; the alarms could not be read: {e}"),
+        }
+    }
+
+    /// "No member" completes the terminate only when proven (see [`absence_proven`]): voters
+    /// no instance of the groups accounts for are looked up in EC2 (any group or none) first;
+    /// what is still unaccounted for is held, named.
+    async fn absence_decision(
+        &self,
+        view: &ClusterView,
+        instance: &Instance,
+        instances: &[Instance],
+        deadline: &Deadline,
+    ) -> Decision {
+        let unaccounted = match absence_proven(view, instance, instances) {
+            Ok(()) => return absent(),
+            Err(Absence::Unconfirmed) => return unconfirmed(),
+            Err(Absence::Unaccounted(members)) => members,
+        };
+        let (ids, ips) = identities_to_look_up(&unaccounted);
+        let mut known = instances.to_vec();
+        match self.fleet.existing_instances(&ids, &ips, deadline).await {
+            Ok(found) => known.extend(found),
+            Err(e) => {
+                return Decision::Unsafe {
+                    reason: format!(
+                        "no member matches this instance, and EC2 could not be asked which instances carry the unmatched voters: {}",
+                        aws_cause(&e).0
+                    ),
+                    error: aws_cause(&e).1,
+                }
+            }
+        }
+        match absence_proven(view, instance, &known) {
+            Ok(()) => absent(),
+            Err(Absence::Unconfirmed) => unconfirmed(),
+            Err(Absence::Unaccounted(members)) => Decision::Unsafe {
+                reason: format!(
+                    "no member matches this instance, but voting member(s) {} match no other instance and may be this one's (a name that says nothing of its machine, at an address no other instance has): name members by instance ID or private DNS name, or advertise the instances' private addresses",
+                    members
+                        .iter()
+                        .map(|m| format!("{} ({:x}, {})", display_name(m), m.id, m.peer_urls.join(",")))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                error: None,
+            },
+        }
+    }
+
     /// Under the membership lock: read the view, promote caught-up learners (so a refresh does
     /// not count them out), find the member and try its removal.
     async fn decide_removal(
@@ -162,10 +229,13 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         let lock = match self.membership.lock(instances, deadline).await {
             Ok(lock) => lock,
             Err(e) => {
-                return (
-                    Vec::new(),
-                    unsafe_because("cannot take the membership lock", &e),
-                )
+                let mut decision = unsafe_because("cannot take the membership lock", &e);
+                if let (MembershipError::WritesRefused { .. }, Decision::Unsafe { reason, .. }) =
+                    (&e, &mut decision)
+                {
+                    reason.push_str(&self.alarms_named(instances, deadline).await);
+                }
+                return (Vec::new(), decision);
             }
         };
         let decided = match self.view_with_promotions(instances, deadline).await {
@@ -176,7 +246,8 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             Ok((view, notes)) => match find_member(&view, instance) {
                 None => (
                     notes,
-                    done("no etcd member for this instance: already removed"),
+                    self.absence_decision(&view, instance, instances, deadline)
+                        .await,
                 ),
                 Some(member) => {
                     let outcome = self.remove_member(&view, member, deadline, metrics).await;
@@ -186,6 +257,17 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         };
         self.membership.unlock(lock, deadline).await;
         decided
+    }
+}
+
+fn absent() -> Decision {
+    done("no etcd member for this instance (every voter of the leader's member list is another machine's): already removed, or never joined")
+}
+
+fn unconfirmed() -> Decision {
+    Decision::Unsafe {
+        reason: "no member matches this instance, but the member list was not confirmed by a leader a majority follows, so absence is not proven".into(),
+        error: None,
     }
 }
 

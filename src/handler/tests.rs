@@ -9,7 +9,7 @@ use crate::resilience::breaker::State;
 
 const GROUP: &str = "etcd-asg";
 
-fn instance(n: u8) -> Instance {
+pub(super) fn instance(n: u8) -> Instance {
     Instance {
         id: format!("i-0000000000000000{n}"),
         private_ip: Some(format!("10.0.0.{n}").parse().unwrap()),
@@ -17,10 +17,11 @@ fn instance(n: u8) -> Instance {
         state: "running".into(),
         spot: false,
         spot_request_id: None,
+        other_ips: Vec::new(),
     }
 }
 
-fn member(n: u8) -> Member {
+pub(super) fn member(n: u8) -> Member {
     Member {
         id: u64::from(n) * 0x1111,
         name: format!("i-0000000000000000{n}"),
@@ -31,18 +32,18 @@ fn member(n: u8) -> Member {
 }
 
 #[derive(Default)]
-struct Calls(Mutex<Vec<String>>);
+pub(super) struct Calls(Mutex<Vec<String>>);
 
 impl Calls {
-    fn push(&self, call: String) {
+    pub(super) fn push(&self, call: String) {
         self.0.lock().unwrap().push(call);
     }
-    fn all(&self) -> Vec<String> {
+    pub(super) fn all(&self) -> Vec<String> {
         self.0.lock().unwrap().clone()
     }
 }
 
-struct FakeFleet {
+pub(super) struct FakeFleet {
     /// The group's instances.
     instances: Vec<Instance>,
     /// Instances outside the group that EC2 still knows (other groups, none).
@@ -109,7 +110,7 @@ impl Fleet for FakeFleet {
     }
 }
 
-struct FakeLifecycle {
+pub(super) struct FakeLifecycle {
     calls: Arc<Calls>,
     /// Keys already completed: a second completion answers AlreadyDone.
     done: Mutex<Vec<String>>,
@@ -162,12 +163,14 @@ impl Lifecycle for FakeLifecycle {
 }
 
 /// etcd as a mutable view: removals and moves change it, like the real cluster would.
-struct FakeMembership {
+pub(super) struct FakeMembership {
     view: Mutex<Option<ClusterView>>,
     calls: Arc<Calls>,
     refuse_removal: bool,
     /// Another invocation holds the membership lock.
     locked_elsewhere: bool,
+    /// etcd refuses writes (a NOSPACE alarm): the lock cannot be taken.
+    writes_refused: bool,
     /// Learners have caught up: a promotion succeeds.
     learners_ready: bool,
     /// Locks taken and not released.
@@ -195,6 +198,11 @@ impl Membership for FakeMembership {
     ) -> Result<crate::model::MembershipLock, MembershipError> {
         self.view()?;
         self.calls.push("etcd:Lock".into());
+        if self.writes_refused {
+            return Err(MembershipError::WritesRefused {
+                detail: "https://10.0.0.1:2379 answered ResourceExhausted \"etcdserver: mvcc: database space exceeded\"".into(),
+            });
+        }
         if self.locked_elsewhere {
             return Err(MembershipError::Locked {
                 name: "etcd-lifecycle-hook/membership".into(),
@@ -300,30 +308,33 @@ impl Membership for FakeMembership {
     }
 }
 
-type FakeHandler = Handler<FakeFleet, FakeLifecycle, FakeMembership>;
+pub(super) type FakeHandler = Handler<FakeFleet, FakeLifecycle, FakeMembership>;
 
-struct World {
-    instances: Vec<Instance>,
+pub(super) struct World {
+    pub(super) instances: Vec<Instance>,
     elsewhere: Vec<Instance>,
     spot: Vec<(String, String)>,
     view: Option<ClusterView>,
-    config: Config,
+    pub(super) config: Config,
     group: GroupLifecycle,
     refuse_removal: bool,
     locked_elsewhere: bool,
+    pub(super) writes_refused: bool,
     learners_ready: bool,
     open_lifecycle: Option<CircuitOpen>,
 }
 
 impl World {
     /// Three running instances, each an etcd member, all healthy, member 1 leading.
-    fn three_nodes() -> Self {
+    pub(super) fn three_nodes() -> Self {
         Self {
             instances: (1..=3).map(instance).collect(),
             view: Some(ClusterView {
                 members: (1..=3).map(member).collect(),
                 healthy: (1..=3).map(|n| member(n).id).collect(),
                 leader: Some(member(1).id),
+                confirmed_by_leader: true,
+                ..ClusterView::default()
             }),
             elsewhere: Vec::new(),
             spot: Vec::new(),
@@ -331,20 +342,29 @@ impl World {
             group: GroupLifecycle::default(),
             refuse_removal: false,
             locked_elsewhere: false,
+            writes_refused: false,
             learners_ready: false,
             open_lifecycle: None,
         }
     }
 
+    /// Changes etcd's view as the test needs.
+    pub(super) fn view_with(mut self, change: impl FnOnce(&mut ClusterView)) -> Self {
+        if let Some(v) = self.view.as_mut() {
+            change(v);
+        }
+        self
+    }
+
     /// Member `n` does not answer `Status`.
-    fn silent(mut self, n: u8) -> Self {
+    pub(super) fn silent(mut self, n: u8) -> Self {
         if let Some(v) = self.view.as_mut() {
             v.healthy.retain(|&id| id != member(n).id);
         }
         self
     }
 
-    fn build(self) -> (FakeHandler, Arc<Calls>, Arc<Mutex<Vec<String>>>) {
+    pub(super) fn build(self) -> (FakeHandler, Arc<Calls>, Arc<Mutex<Vec<String>>>) {
         let calls = Arc::new(Calls::default());
         let (sink, lines) = memory_sink();
         let handler = Handler {
@@ -367,6 +387,7 @@ impl World {
                 calls: Arc::clone(&calls),
                 refuse_removal: self.refuse_removal,
                 locked_elsewhere: self.locked_elsewhere,
+                writes_refused: self.writes_refused,
                 learners_ready: self.learners_ready,
                 held_locks: Mutex::new(0),
             },
@@ -377,7 +398,7 @@ impl World {
     }
 }
 
-fn minute() -> Deadline {
+pub(super) fn minute() -> Deadline {
     Deadline::after(Duration::from_secs(60), Duration::from_secs(2))
 }
 
@@ -400,7 +421,7 @@ fn lifecycle_event(transition: &str, instance: &str) -> Value {
     })
 }
 
-fn terminate(n: u8) -> Value {
+pub(super) fn terminate(n: u8) -> Value {
     lifecycle_event("autoscaling:EC2_INSTANCE_TERMINATING", &instance(n).id)
 }
 

@@ -175,6 +175,7 @@ impl EtcdCluster {
                 state: "running".to_string(),
                 spot: false,
                 spot_request_id: None,
+                other_ips: Vec::new(),
             })
             .collect()
     }

@@ -44,7 +44,9 @@ from tests.stack.gate import GRPC_RESOURCE_EXHAUSTED, GRPC_UNAVAILABLE
 # The resilience layer's debug line for each retry (src/resilience/mod.rs); the cases read it to
 # prove a transport fault was met, and to open a refused port again once it was.
 RETRY_LINE = "transient failure; retrying"
-LOG_ENV = {"RUST_LOG": "etcd_lifecycle_hook=debug,info"}
+# A 2 s deadline reserve, so the short invocations below (3.5 to 6 s) leave time to work: a
+# reserve at or above an invocation's time is refused as a configuration error.
+LOG_ENV = {"RUST_LOG": "etcd_lifecycle_hook=debug,info", "DEADLINE_RESERVE_MS": "2000"}
 COMPLETED, HELD = "completed", "held"
 
 

@@ -1,0 +1,159 @@
+//! What "healthy" and "this instance's member" mean to a terminate: no match is not proof of
+//! absence, a member list not confirmed by the leader decides nothing, and every hold names the
+//! members that are not healthy and why.
+
+use super::tests::{instance, member, minute, terminate, World};
+use crate::model::{Alarm, Member, NotHealthy};
+
+fn held_reason(result: Result<serde_json::Value, super::HandlerError>) -> String {
+    match result {
+        Err(super::HandlerError::Held { reason, .. }) => reason,
+        other => panic!("expected a hold, got {other:?}"),
+    }
+}
+
+/// Instance 3's member renamed to a name and host-name URL that say nothing of its machine.
+fn host_named(n: u8) -> Member {
+    Member {
+        name: format!("etcd-{n}"),
+        peer_urls: vec![format!("https://etcd-{n}.corp.example:2380")],
+        client_urls: vec![format!("https://etcd-{n}.corp.example:2379")],
+        ..member(n)
+    }
+}
+
+#[tokio::test]
+async fn no_match_with_an_unplaceable_voter_is_held_naming_it() {
+    let world = World::three_nodes().view_with(|v| v.members[2] = host_named(3));
+    let (h, calls, _) = world.build();
+    let reason = held_reason(h.handle(&terminate(3), minute()).await);
+    assert!(reason.contains("etcd-3"), "{reason}");
+    assert!(reason.contains("may be this one's"), "{reason}");
+    let calls = calls.all();
+    assert!(!calls.iter().any(|c| c.contains("Complete")), "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.contains("MemberRemove")),
+        "{calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn no_match_when_every_voter_is_another_machines_completes() {
+    // Instance 3's member is gone; the other two are named for instances 1 and 2.
+    let world = World::three_nodes().view_with(|v| {
+        v.members.truncate(2);
+        v.healthy.truncate(2);
+    });
+    let (h, calls, _) = world.build();
+    let out = h.handle(&terminate(3), minute()).await.expect("completed");
+    assert_eq!(out["results"][0]["action"], "completed");
+    assert!(calls
+        .all()
+        .iter()
+        .any(|c| c.contains("CompleteLifecycleAction")));
+}
+
+#[tokio::test]
+async fn a_member_list_not_confirmed_by_the_leader_decides_nothing() {
+    for (members, what) in [(2, "absence"), (3, "removal")] {
+        let world = World::three_nodes().view_with(|v| {
+            v.members.truncate(members);
+            v.confirmed_by_leader = false;
+        });
+        let (h, calls, _) = world.build();
+        let reason = held_reason(h.handle(&terminate(3), minute()).await);
+        assert!(
+            reason.contains("not confirmed by a leader"),
+            "{what}: {reason}"
+        );
+        let calls = calls.all();
+        assert!(
+            !calls.iter().any(|c| c.contains("MemberRemove")),
+            "{calls:?}"
+        );
+        assert!(!calls.iter().any(|c| c.contains("Complete")), "{calls:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_quorum_hold_names_each_unhealthy_member_and_why() {
+    let world = World::three_nodes().view_with(|v| {
+        v.healthy = vec![member(1).id, member(3).id];
+        v.not_healthy = vec![(member(2).id, NotHealthy::NotAskedInTime)];
+    });
+    let (h, _, _) = world.build();
+    let reason = held_reason(h.handle(&terminate(3), minute()).await);
+    assert!(reason.contains("would break quorum"), "{reason}");
+    assert!(
+        reason.contains(&format!(
+            "{} ({:x}) not asked in time",
+            instance(2).id,
+            member(2).id
+        )),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn voters_behind_or_following_another_leader_do_not_count() {
+    // Four voters: removing the leader keeps a majority of three, but the only answering
+    // voters besides it are behind or follow another leader.
+    let world = World::three_nodes().view_with(|v| {
+        v.members.push(member(4));
+        v.healthy = vec![member(1).id, member(4).id];
+        v.not_healthy = vec![
+            (member(2).id, NotHealthy::Behind { entries: 5000 }),
+            (
+                member(3).id,
+                NotHealthy::OtherLeader {
+                    leader: member(3).id,
+                    term: 9,
+                },
+            ),
+        ];
+        v.members[3].is_learner = true;
+    });
+    let (h, calls, _) = world.build();
+    let reason = held_reason(h.handle(&terminate(1), minute()).await);
+    assert!(reason.contains("would break quorum"), "{reason}");
+    assert!(reason.contains("5000 raft entries behind"), "{reason}");
+    assert!(!calls.all().iter().any(|c| c.contains("MoveLeader")));
+}
+
+#[tokio::test]
+async fn under_a_nospace_alarm_the_hold_names_the_alarm_and_its_member() {
+    let mut world = World::three_nodes().view_with(|v| {
+        v.alarms = vec![Alarm {
+            member: member(2).id,
+            kind: "NOSPACE".into(),
+        }];
+    });
+    world.writes_refused = true;
+    let (h, calls, _) = world.build();
+    let reason = held_reason(h.handle(&terminate(3), minute()).await);
+    assert!(reason.contains("NOSPACE"), "{reason}");
+    assert!(
+        reason.contains(&format!("NOSPACE on {}", instance(2).id)),
+        "{reason}"
+    );
+    assert!(reason.contains("defragment"), "{reason}");
+    let calls = calls.all();
+    assert!(calls.iter().any(|c| c.contains("Heartbeat")), "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.contains("MemberRemove")),
+        "{calls:?}"
+    );
+}
+
+#[test]
+fn a_reserve_at_or_above_the_time_an_invocation_has_is_refused() {
+    use std::time::Duration;
+    let err = super::check_reserve(Duration::from_millis(3000), Duration::from_millis(4500))
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(text.contains("DEADLINE_RESERVE_MS=4500"), "{text}");
+    assert!(text.contains("3000 ms"), "{text}");
+    assert_eq!(err.kind(), "InvalidConfiguration");
+    assert!(super::check_reserve(Duration::from_secs(30), Duration::from_millis(4500)).is_ok());
+    assert!(super::check_reserve(Duration::from_secs(3), Duration::from_secs(3)).is_err());
+}
