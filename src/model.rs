@@ -105,23 +105,59 @@ pub enum Heartbeat {
     ActionOver,
 }
 
-/// An instance of the group paused in a wait state, found by the sweep.
+/// An instance of the group, or of its warm pool, paused in a wait state, found by the sweep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WaitingInstance {
     pub instance_id: String,
-    /// `Pending:Wait`, `Terminating:Wait`, `Warmed:Pending:Wait`, ...
+    /// `Pending:Wait`, `Terminating:Wait`, `Warmed:Pending:Wait`, `Warmed:Terminating:Wait`.
     pub lifecycle_state: String,
 }
 
 impl WaitingInstance {
-    pub fn transition(&self) -> Option<Transition> {
-        let state = self.lifecycle_state.as_str();
-        if state.ends_with("Terminating:Wait") {
-            Some(Transition::Terminating)
-        } else if state.ends_with("Pending:Wait") {
-            Some(Transition::Launching)
-        } else {
-            None
+    /// What its lifecycle state says it may be waiting on; `None` for a state that is no wait.
+    pub fn waiting_on(&self) -> Option<WaitingOn> {
+        match self.lifecycle_state.as_str() {
+            "Pending:Wait" => Some(WaitingOn::Launch),
+            "Terminating:Wait" | "Warmed:Terminating:Wait" => Some(WaitingOn::Terminate),
+            "Warmed:Pending:Wait" => Some(WaitingOn::LaunchOrTerminate),
+            _ => None,
+        }
+    }
+}
+
+/// The lifecycle action(s) an instance in a wait state may be waiting on. The sweep has no event
+/// and learns only the lifecycle state, which does not always name the transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitingOn {
+    /// `Pending:Wait`: a launch into the group (new, or out of the warm pool).
+    Launch,
+    /// `Terminating:Wait`: leaving the group; `Warmed:Terminating:Wait`: leaving the warm pool
+    /// for good. Both wait on a terminate action.
+    Terminate,
+    /// `Warmed:Pending:Wait`: either launching into the warm pool (a launch action) or going back
+    /// to it on scale-in, leaving the cluster (a terminate action, in AWS's naming). The state is
+    /// the same for both.
+    LaunchOrTerminate,
+}
+
+impl WaitingOn {
+    /// The transitions whose hooks the instance may be waiting on: the sweep acts on each of
+    /// our hooks of these (finishing one that is not waiting answers "already done").
+    pub fn transitions(self) -> &'static [Transition] {
+        match self {
+            WaitingOn::Launch => &[Transition::Launching],
+            WaitingOn::Terminate => &[Transition::Terminating],
+            WaitingOn::LaunchOrTerminate => &[Transition::Terminating, Transition::Launching],
+        }
+    }
+
+    /// The flow that handles it. One that may leave the cluster takes the terminate flow: with
+    /// no member (a launch into the warm pool) it completes every action at once, and while
+    /// the removal is unsafe it holds every one of them.
+    pub fn flow(self) -> Transition {
+        match self {
+            WaitingOn::Launch => Transition::Launching,
+            WaitingOn::Terminate | WaitingOn::LaunchOrTerminate => Transition::Terminating,
         }
     }
 }
@@ -133,10 +169,12 @@ pub struct Hook {
     pub transition: Transition,
 }
 
-/// What the sweep learns of one group from Auto Scaling.
+/// What the sweep learns of one group from Auto Scaling: `DescribeLifecycleHooks`, the group's
+/// instances (`DescribeAutoScalingGroups`) and its warm pool's (`DescribeWarmPool`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GroupLifecycle {
     pub hooks: Vec<Hook>,
+    /// Instances of the group and of its warm pool paused in a wait state, each listed once.
     pub waiting: Vec<WaitingInstance>,
     /// Instances kept by the `TerminateHookAbandon: retain` policy, reported to operators.
     pub retained: Vec<String>,

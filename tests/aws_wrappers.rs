@@ -541,3 +541,218 @@ async fn a_happy_terminate_makes_two_aws_requests() {
     assert_eq!(describe.num_calls() + complete.num_calls(), 2);
     assert_eq!((describe.num_calls(), complete.num_calls()), (1, 1));
 }
+
+// ------------------------------------------------------------------------------------------------
+// The sweep's listing of a group: hooks, the group's instances and its warm pool's
+// ------------------------------------------------------------------------------------------------
+
+mod group_lifecycle {
+    use super::*;
+    use aws_sdk_autoscaling::operation::describe_auto_scaling_groups::DescribeAutoScalingGroupsOutput;
+    use aws_sdk_autoscaling::operation::describe_lifecycle_hooks::DescribeLifecycleHooksOutput;
+    use aws_sdk_autoscaling::operation::describe_warm_pool::{
+        DescribeWarmPoolError, DescribeWarmPoolOutput,
+    };
+    use aws_sdk_autoscaling::types::{
+        AutoScalingGroup, Instance as AsgInstance, LifecycleHook, LifecycleState,
+        WarmPoolConfiguration, WarmPoolState,
+    };
+
+    const GROUP: &str = "etcd-asg";
+
+    fn asg_instance(id: &str, state: &str) -> AsgInstance {
+        AsgInstance::builder()
+            .instance_id(id)
+            .lifecycle_state(LifecycleState::from(state))
+            .availability_zone("us-east-1a")
+            .health_status("Healthy")
+            .protected_from_scale_in(false)
+            .build()
+    }
+
+    fn hooks() -> Rule {
+        mock!(aws_sdk_autoscaling::Client::describe_lifecycle_hooks)
+            .match_requests(|r| r.auto_scaling_group_name() == Some(GROUP))
+            .then_output(|| {
+                DescribeLifecycleHooksOutput::builder()
+                    .lifecycle_hooks(
+                        LifecycleHook::builder()
+                            .lifecycle_hook_name("etcd-launch")
+                            .lifecycle_transition("autoscaling:EC2_INSTANCE_LAUNCHING")
+                            .build(),
+                    )
+                    .lifecycle_hooks(
+                        LifecycleHook::builder()
+                            .lifecycle_hook_name("etcd-terminate")
+                            .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
+                            .build(),
+                    )
+                    .build()
+            })
+    }
+
+    fn group(instances: &'static [(&'static str, &'static str)]) -> Rule {
+        mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups)
+            .match_requests(|r| r.auto_scaling_group_names() == [GROUP])
+            .then_output(move || {
+                let mut group = AutoScalingGroup::builder().auto_scaling_group_name(GROUP);
+                for (id, state) in instances {
+                    group = group.instances(asg_instance(id, state));
+                }
+                DescribeAutoScalingGroupsOutput::builder()
+                    .auto_scaling_groups(group.build())
+                    .build()
+            })
+    }
+
+    fn waiting(lifecycle: &GroupLifecycle) -> Vec<(&str, &str)> {
+        lifecycle
+            .waiting
+            .iter()
+            .map(|w| (w.instance_id.as_str(), w.lifecycle_state.as_str()))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_group_and_every_page_of_its_warm_pool_are_merged() {
+        let hooks = hooks();
+        let group = group(&[
+            ("i-1", "InService"),
+            ("i-2", "Terminating:Wait"),
+            ("i-3", "Pending:Wait"),
+            ("i-4", "Terminating:Retained"),
+        ]);
+        let first = mock!(aws_sdk_autoscaling::Client::describe_warm_pool)
+            .match_requests(|r| {
+                r.auto_scaling_group_name() == Some(GROUP) && r.next_token().is_none()
+            })
+            .then_output(|| {
+                DescribeWarmPoolOutput::builder()
+                    .warm_pool_configuration(
+                        WarmPoolConfiguration::builder()
+                            .min_size(1)
+                            .pool_state(WarmPoolState::Stopped)
+                            .build(),
+                    )
+                    // Back to the pool on scale-in (a terminate action), or launched into it.
+                    .instances(asg_instance("i-5", "Warmed:Pending:Wait"))
+                    .instances(asg_instance("i-6", "Warmed:Stopped"))
+                    .next_token("wp-2")
+                    .build()
+            });
+        let second = mock!(aws_sdk_autoscaling::Client::describe_warm_pool)
+            .match_requests(|r| {
+                r.auto_scaling_group_name() == Some(GROUP) && r.next_token() == Some("wp-2")
+            })
+            .then_output(|| {
+                DescribeWarmPoolOutput::builder()
+                    .instances(asg_instance("i-7", "Warmed:Terminating:Wait"))
+                    .instances(asg_instance("i-8", "Warmed:Pending:Retained"))
+                    // Seen in the group already (moving between the two): listed once.
+                    .instances(asg_instance("i-2", "Warmed:Pending:Wait"))
+                    .build()
+            });
+        let lifecycle = autoscaling(&[&hooks, &group, &first, &second], &resilience())
+            .group_lifecycle(GROUP, &deadline())
+            .await
+            .unwrap();
+
+        assert_eq!(
+            waiting(&lifecycle),
+            [
+                ("i-2", "Terminating:Wait"),
+                ("i-3", "Pending:Wait"),
+                ("i-5", "Warmed:Pending:Wait"),
+                ("i-7", "Warmed:Terminating:Wait"),
+            ]
+        );
+        let on: Vec<Option<WaitingOn>> = lifecycle.waiting.iter().map(|w| w.waiting_on()).collect();
+        assert_eq!(
+            on,
+            [
+                Some(WaitingOn::Terminate),
+                Some(WaitingOn::Launch),
+                Some(WaitingOn::LaunchOrTerminate),
+                Some(WaitingOn::Terminate),
+            ]
+        );
+        assert_eq!(lifecycle.retained, ["i-4", "i-8"]);
+        assert_eq!(lifecycle.in_service, ["i-1"]);
+        assert_eq!(lifecycle.hooks.len(), 2);
+        assert_eq!(
+            (
+                hooks.num_calls(),
+                group.num_calls(),
+                first.num_calls(),
+                second.num_calls()
+            ),
+            (1, 1, 1, 1)
+        );
+    }
+
+    /// AWS answers a group without a warm pool with no instances and no configuration.
+    #[tokio::test(start_paused = true)]
+    async fn a_group_without_a_warm_pool_lists_its_own_instances() {
+        let hooks = hooks();
+        let group = group(&[("i-1", "InService"), ("i-2", "Terminating:Wait")]);
+        let empty = mock!(aws_sdk_autoscaling::Client::describe_warm_pool)
+            .then_output(|| DescribeWarmPoolOutput::builder().build());
+        let lifecycle = autoscaling(&[&hooks, &group, &empty], &resilience())
+            .group_lifecycle(GROUP, &deadline())
+            .await
+            .unwrap();
+        assert_eq!(waiting(&lifecycle), [("i-2", "Terminating:Wait")]);
+        assert_eq!(lifecycle.in_service, ["i-1"]);
+        assert_eq!(empty.num_calls(), 1);
+    }
+
+    /// A group that does not exist has no warm pool to ask about.
+    #[tokio::test(start_paused = true)]
+    async fn a_group_that_does_not_exist_is_not_asked_for_its_warm_pool() {
+        let hooks = mock!(aws_sdk_autoscaling::Client::describe_lifecycle_hooks)
+            .then_output(|| DescribeLifecycleHooksOutput::builder().build());
+        let none = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups)
+            .then_output(|| DescribeAutoScalingGroupsOutput::builder().build());
+        let warm = mock!(aws_sdk_autoscaling::Client::describe_warm_pool)
+            .then_output(|| DescribeWarmPoolOutput::builder().build());
+        let client = mock_client!(
+            aws_sdk_autoscaling,
+            RuleMode::MatchAny,
+            [&hooks, &none, &warm],
+            |c| c.retry_config(RetryConfig::disabled())
+        );
+        let lifecycle = AutoScalingLifecycle::new(client, resilience(), vec![])
+            .group_lifecycle(GROUP, &deadline())
+            .await
+            .unwrap();
+        assert_eq!(lifecycle, GroupLifecycle::default());
+        assert_eq!(warm.num_calls(), 0);
+    }
+
+    /// A warm pool that cannot be read fails the listing, naming the call (a role without
+    /// `autoscaling:DescribeWarmPool` says so), rather than hiding its waiting instances.
+    #[tokio::test(start_paused = true)]
+    async fn a_warm_pool_that_cannot_be_read_fails_the_listing_and_says_which_call() {
+        let hooks = hooks();
+        let group = group(&[("i-1", "InService")]);
+        let denied = mock!(aws_sdk_autoscaling::Client::describe_warm_pool).then_error(|| {
+            DescribeWarmPoolError::generic(
+                ErrorMetadata::builder()
+                    .code("AccessDenied")
+                    .message("User is not authorized to perform: autoscaling:DescribeWarmPool")
+                    .build(),
+            )
+        });
+        let err = autoscaling(&[&hooks, &group, &denied], &resilience())
+            .group_lifecycle(GROUP, &deadline())
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("autoscaling:DescribeWarmPool failed")
+                && text.contains("AccessDenied"),
+            "{text}"
+        );
+        assert_eq!(denied.num_calls(), 1, "a permission error is not retried");
+    }
+}

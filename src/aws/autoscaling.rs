@@ -1,5 +1,5 @@
 //! Auto Scaling lifecycle actions: complete, heartbeat, and what the sweep needs to find paused
-//! instances.
+//! instances (the group's hooks, its instances, and its warm pool's instances).
 //!
 //! Both `CompleteLifecycleAction` and `RecordLifecycleActionHeartbeat` answer "No active Lifecycle
 //! Action found" once an action is over. For an idempotent handler that is "already done" (complete)
@@ -38,7 +38,7 @@ impl AutoScalingLifecycle {
     }
 }
 
-/// The lifecycle states in which an instance waits on a hook, cold or warm pool.
+/// The lifecycle states in which an instance waits on a hook, in the group or its warm pool.
 const WAITING: &[&str] = &[
     "Pending:Wait",
     "Terminating:Wait",
@@ -129,38 +129,87 @@ impl Lifecycle for AutoScalingLifecycle {
             .filter(|h| self.hook_names.is_empty() || self.hook_names.contains(&h.name))
             .collect();
 
-        let groups = self
-            .resilience
-            .call(Dependency::Autoscaling, deadline, || {
-                self.client
-                    .describe_auto_scaling_groups()
-                    .auto_scaling_group_names(group)
-                    .send()
-            })
-            .await
-            .map_err(|e| aws_error("autoscaling:DescribeAutoScalingGroups", e))?;
         let mut lifecycle = GroupLifecycle {
             hooks,
             ..GroupLifecycle::default()
         };
-        for g in groups.auto_scaling_groups() {
-            for i in g.instances() {
-                let (Some(id), Some(state)) = (i.instance_id(), i.lifecycle_state()) else {
-                    continue;
-                };
-                let state = state.as_str();
-                if WAITING.contains(&state) {
-                    lifecycle.waiting.push(WaitingInstance {
-                        instance_id: id.to_string(),
-                        lifecycle_state: state.to_string(),
-                    });
-                } else if RETAINED.contains(&state) {
-                    lifecycle.retained.push(id.to_string());
-                } else if state == "InService" {
-                    lifecycle.in_service.push(id.to_string());
+        let mut found = false;
+        let mut next_token: Option<String> = None;
+        loop {
+            let page = self
+                .resilience
+                .call(Dependency::Autoscaling, deadline, || {
+                    self.client
+                        .describe_auto_scaling_groups()
+                        .auto_scaling_group_names(group)
+                        .set_next_token(next_token.clone())
+                        .send()
+                })
+                .await
+                .map_err(|e| aws_error("autoscaling:DescribeAutoScalingGroups", e))?;
+            for g in page.auto_scaling_groups() {
+                found = true;
+                for i in g.instances() {
+                    if let (Some(id), Some(state)) = (i.instance_id(), i.lifecycle_state()) {
+                        file_instance(&mut lifecycle, id, state.as_str());
+                    }
+                }
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                _ => break,
+            }
+        }
+        // Warm-pool instances are not the group's: only DescribeWarmPool lists them, with the
+        // same lifecycle states (`Warmed:Pending:Wait`, `Warmed:Terminating:Wait`, ...). A group
+        // without a warm pool answers no instances (and no `WarmPoolConfiguration`); a group that
+        // does not exist has no warm pool to ask about.
+        if found {
+            let mut next_token: Option<String> = None;
+            loop {
+                let page = self
+                    .resilience
+                    .call(Dependency::Autoscaling, deadline, || {
+                        self.client
+                            .describe_warm_pool()
+                            .auto_scaling_group_name(group)
+                            .set_next_token(next_token.clone())
+                            .send()
+                    })
+                    .await
+                    .map_err(|e| aws_error("autoscaling:DescribeWarmPool", e))?;
+                for i in page.instances() {
+                    if let (Some(id), Some(state)) = (i.instance_id(), i.lifecycle_state()) {
+                        file_instance(&mut lifecycle, id, state.as_str());
+                    }
+                }
+                match page.next_token() {
+                    Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                    _ => break,
                 }
             }
         }
         Ok(lifecycle)
+    }
+}
+
+/// Files one listed instance of the group by its lifecycle state, once: an instance seen in both
+/// listings (moving between the group and its warm pool) keeps the state it was first seen in.
+fn file_instance(lifecycle: &mut GroupLifecycle, id: &str, state: &str) {
+    let listed = lifecycle.waiting.iter().any(|w| w.instance_id == id)
+        || lifecycle.retained.iter().any(|r| r == id)
+        || lifecycle.in_service.iter().any(|i| i == id);
+    if listed {
+        return;
+    }
+    if WAITING.contains(&state) {
+        lifecycle.waiting.push(WaitingInstance {
+            instance_id: id.to_string(),
+            lifecycle_state: state.to_string(),
+        });
+    } else if RETAINED.contains(&state) {
+        lifecycle.retained.push(id.to_string());
+    } else if state == "InService" {
+        lifecycle.in_service.push(id.to_string());
     }
 }

@@ -1,13 +1,45 @@
-//! The scheduled reconcile sweep: finish what events missed (each waiting instance on each of our
-//! hooks of its transition), report retained instances, then clean up stale members and add a
-//! missing learner, group by group.
+//! The scheduled reconcile sweep: finish what events missed, report retained instances, then
+//! clean up stale members and add a missing learner.
+//!
+//! Every group of `ASG_NAMES` is listed first (its hooks, its instances and its warm pool's).
+//! With more than one group listed, every waiting instance of every group then gets a heartbeat
+//! on each of our hooks it may be waiting on, before any work starts: a slow group (a lock wait,
+//! a leader move, a Spot notice retried) cannot leave a later group's actions to time out. (With
+//! one group there is no other group's work to wait for; a flow that holds sends its own
+//! heartbeat, so a held instance gets one per sweep.) Then each group in turn: each waiting
+//! instance on each of our hooks of what it may be waiting on, retained instances, stale members
+//! and a missing learner. A group that cannot be listed is reported as failed; the others are
+//! still handled.
+//!
+//! `Warmed:Pending:Wait` is both an instance going back to the warm pool on scale-in (a
+//! terminate action) and one launching into the pool (a launch action); the sweep cannot tell
+//! which, so it takes the terminate flow on the hooks of both transitions (`WaitingOn`): with no
+//! member it completes them all, and while the removal is unsafe it holds them all.
 
 use super::{aws_error, fail, Handler, HandlerError, InstanceResult, Target};
 use crate::membership::{find_member, identity, Identity};
 use crate::metrics::InvocationMetrics;
-use crate::model::{ActionKey, Fleet, GroupLifecycle, Instance, Lifecycle, Membership, Transition};
+use crate::model::{
+    ActionKey, Fleet, GroupLifecycle, Heartbeat, Instance, Lifecycle, Membership, Transition,
+    WaitingInstance, WaitingOn,
+};
 use crate::resilience::policy::Deadline;
 use crate::resilience::Dependency;
+
+/// One group as the sweep found it: its listing and a target for each waiting instance, or
+/// the failed result that says why it could not be listed.
+struct Listed<'a> {
+    group: &'a str,
+    found: Result<(GroupLifecycle, Vec<Waiter<'a>>), InstanceResult>,
+}
+
+/// A waiting instance and how the sweep handles it.
+struct Waiter<'a> {
+    lifecycle_state: String,
+    waiting_on: WaitingOn,
+    /// One key per hook of ours of each transition it may be waiting on (none: not ours).
+    target: Target<'a>,
+}
 
 impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
     pub(super) async fn sweep(
@@ -18,27 +50,30 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         if self.config.asg_names.is_empty() {
             return Err(HandlerError::SweepWithoutGroups);
         }
-        let mut results = Vec::new();
+        let mut listed = Vec::new();
         for group in &self.config.asg_names {
-            let group_result = InstanceResult::new(Some(group), None, None);
-            // Only Auto Scaling is needed to find the waiting instances; each one's flow then
-            // holds it even while EC2 or etcd is out, so no hook times out during an outage.
-            if let Err(open) = self.resilience.ensure_closed(&[Dependency::Autoscaling]) {
-                group_result.log();
-                results.push(fail(group_result, open.into()));
-                continue;
+            listed.push(self.list_group(group, deadline).await);
+        }
+        if listed.iter().filter(|l| l.found.is_ok()).count() > 1 {
+            for waiter in listed.iter().flat_map(|l| l.waiters()) {
+                self.keep_waiting(&waiter.target, metrics).await;
             }
-            let lifecycle = match self.lifecycle.group_lifecycle(group, deadline).await {
-                Ok(l) => l,
-                Err(e) => {
-                    let r = fail(group_result, aws_error(group, "", &e));
-                    r.log();
-                    results.push(r);
+        }
+        let mut results = Vec::new();
+        for Listed { group, found } in listed {
+            let (lifecycle, waiters) = match found {
+                Ok(found) => found,
+                Err(failed) => {
+                    failed.log();
+                    results.push(failed);
                     continue;
                 }
             };
-            self.sweep_waiting(group, &lifecycle, deadline, metrics, &mut results)
-                .await;
+            for waiter in &waiters {
+                let r = self.finish_waiting(waiter, metrics).await;
+                r.log();
+                results.push(r);
+            }
             for instance in &lifecycle.retained {
                 let mut r =
                     InstanceResult::new(Some(group), Some(instance), Some(Transition::Terminating));
@@ -46,6 +81,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 r.log();
                 results.push(r);
             }
+            let group_result = InstanceResult::new(Some(group), None, None);
             let r = self
                 .sweep_membership(group, &lifecycle, group_result, deadline, metrics)
                 .await;
@@ -55,57 +91,79 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         Ok(results)
     }
 
-    /// Each instance waiting in `lifecycle`, handled as its event would be, on every one of our
-    /// hooks of its transition (which of them it still waits on, Auto Scaling does not say; a
-    /// finished one answers "already done").
-    async fn sweep_waiting(
+    /// The group's hooks and waiting, retained and in-service instances (group and warm pool),
+    /// with a target for each waiting instance. Only Auto Scaling is needed for this; each
+    /// instance's flow then holds it even while EC2 or etcd is out, so no hook times out during
+    /// an outage.
+    async fn list_group<'a>(&self, group: &'a str, deadline: &'a Deadline) -> Listed<'a> {
+        let failed = || InstanceResult::new(Some(group), None, None);
+        if let Err(open) = self.resilience.ensure_closed(&[Dependency::Autoscaling]) {
+            return Listed {
+                group,
+                found: Err(fail(failed(), open.into())),
+            };
+        }
+        let found = match self.lifecycle.group_lifecycle(group, deadline).await {
+            Ok(lifecycle) => {
+                let waiters = lifecycle
+                    .waiting
+                    .iter()
+                    .filter_map(|w| waiter(group, &lifecycle, w, deadline))
+                    .collect();
+                Ok((lifecycle, waiters))
+            }
+            Err(e) => Err(fail(failed(), aws_error(group, "", &e))),
+        };
+        Listed { group, found }
+    }
+
+    /// One heartbeat on each of the instance's keys, before any group's work starts. A key
+    /// whose action is not waiting answers "no active action"; a failure is logged and left to
+    /// the instance's own flow, which holds or completes it.
+    async fn keep_waiting(&self, target: &Target<'_>, metrics: &mut InvocationMetrics) {
+        for key in &target.keys {
+            match self.lifecycle.heartbeat(key, target.deadline).await {
+                Ok(Heartbeat::Recorded) => metrics.heartbeats += 1,
+                Ok(Heartbeat::ActionOver) => {}
+                Err(e) => tracing::warn!(
+                    instance_id = %target.instance_id,
+                    group = %target.group,
+                    hook = %key.hook,
+                    error = %e,
+                    "heartbeat before the sweep's work failed; the instance's own flow tries again"
+                ),
+            }
+        }
+    }
+
+    /// A waiting instance handled as its event would be, on every one of our hooks of what it
+    /// may be waiting on (Auto Scaling does not say which of them it still waits on; a finished
+    /// one answers "already done").
+    async fn finish_waiting(
         &self,
-        group: &str,
-        lifecycle: &GroupLifecycle,
-        deadline: &Deadline,
+        waiter: &Waiter<'_>,
         metrics: &mut InvocationMetrics,
-        results: &mut Vec<InstanceResult>,
-    ) {
-        for waiting in &lifecycle.waiting {
-            let Some(transition) = waiting.transition() else {
-                continue;
-            };
-            let keys: Vec<ActionKey> = lifecycle
-                .hooks
-                .iter()
-                .filter(|h| h.transition == transition)
-                .map(|h| ActionKey {
-                    group: group.to_string(),
-                    hook: h.name.clone(),
-                    instance_id: waiting.instance_id.clone(),
-                    token: None,
-                })
-                .collect();
-            let target = Target {
-                group: group.to_string(),
-                instance_id: waiting.instance_id.clone(),
-                keys,
-                transition,
-                deadline,
-            };
-            let r = if target.keys.is_empty() {
-                let mut r = self.result_for(&target);
+    ) -> InstanceResult {
+        let target = &waiter.target;
+        if target.keys.is_empty() {
+            let mut r = self.result_for(target);
+            r.detail = format!(
+                "{}: no hook of ours for this transition (LIFECYCLE_HOOK_NAMES)",
+                waiter.lifecycle_state
+            );
+            return r;
+        }
+        match waiter.waiting_on {
+            WaitingOn::Launch => self.launch(target, false, metrics).await,
+            WaitingOn::Terminate => self.terminate(target, metrics).await,
+            WaitingOn::LaunchOrTerminate => {
+                let mut r = self.terminate(target, metrics).await;
                 r.detail = format!(
-                    "{}: no hook of ours for this transition (LIFECYCLE_HOOK_NAMES)",
-                    waiting.lifecycle_state
+                    "{}: launching into the warm pool or going back to it on scale-in, handled as leaving the cluster: {}",
+                    waiter.lifecycle_state, r.detail
                 );
                 r
-            } else {
-                match transition {
-                    Transition::Terminating => self.terminate(&target, metrics).await,
-                    Transition::Launching => {
-                        let warm = waiting.lifecycle_state.starts_with("Warmed:");
-                        self.launch(&target, warm, metrics).await
-                    }
-                }
-            };
-            r.log();
-            results.push(r);
+            }
         }
     }
 
@@ -194,3 +252,46 @@ fn without_member<'a>(
             && find_member(view, i).is_none()
     })
 }
+
+/// The target of one waiting instance: a key for each of our hooks of each transition it may be
+/// waiting on; `None` for a state that is no wait.
+fn waiter<'a>(
+    group: &str,
+    lifecycle: &GroupLifecycle,
+    waiting: &WaitingInstance,
+    deadline: &'a Deadline,
+) -> Option<Waiter<'a>> {
+    let waiting_on = waiting.waiting_on()?;
+    let keys = lifecycle
+        .hooks
+        .iter()
+        .filter(|h| waiting_on.transitions().contains(&h.transition))
+        .map(|h| ActionKey {
+            group: group.to_string(),
+            hook: h.name.clone(),
+            instance_id: waiting.instance_id.clone(),
+            token: None,
+        })
+        .collect();
+    Some(Waiter {
+        lifecycle_state: waiting.lifecycle_state.clone(),
+        waiting_on,
+        target: Target {
+            group: group.to_string(),
+            instance_id: waiting.instance_id.clone(),
+            keys,
+            transition: waiting_on.flow(),
+            deadline,
+        },
+    })
+}
+
+impl<'a> Listed<'a> {
+    fn waiters(&self) -> impl Iterator<Item = &Waiter<'a>> {
+        self.found.iter().flat_map(|(_, waiters)| waiters)
+    }
+}
+
+#[cfg(test)]
+#[path = "sweep_tests.rs"]
+mod tests;

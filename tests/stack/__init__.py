@@ -35,6 +35,10 @@ ID):
   `stack.stop_instance(id)`: stopped in EC2 (its etcd node with it), still in its group.
 * `stack.join(id)`: the new instance's etcd node starts as its bootstrap script would, joining
   as the member (a learner) already added for its peer URL.
+* `stack.start_warm_scale_in(id)` / `stack.start_warm_launch()`: warm pools (given to the group
+  on first use): an instance going back to the pool on scale-in (a terminate action), or a new
+  one launched into it (a launch action), waits in `Warmed:Pending:Wait`, listed by
+  DescribeWarmPool and no longer by the group; `stack.warm_state(id)` reads its pool state.
 
 Nodes of `stack.etcd` are keyed by instance ID (outside nodes by their name), whatever the members
 are called; `stack.member_ids()` names each member by its node, so assertions read the same in
@@ -74,6 +78,7 @@ from .aws import (
     LifecycleAction,
     SeededGroup,
     free_port,
+    launch_instance,
     launch_into_group,
     seed_group,
     seed_network,
@@ -591,6 +596,41 @@ class Stack:
             raise RuntimeError("no spare address left in this slot")
         seeded = self.groups[group or self.group]
         return launch_into_group(self.aws, seeded, self._spare_ips.pop(0), control, spot)
+
+    def start_warm_scale_in(self, instance_id: str, hook: str | None = None) -> LifecycleAction:
+        """Scale-in back to the warm pool (`ReuseOnScaleIn`): `instance_id` leaves its group's
+        listing and pauses in the pool in `Warmed:Pending:Wait` on its group's terminate hooks
+        (AWS's naming: it leaves the group, and the cluster); the action returned is the etcd
+        hook's (or `hook`'s). Its etcd node runs on until the action is done."""
+        assert self.aws is not None
+        group = self.group_of(instance_id)
+        self.aws.ensure_warm_pool(group)
+        return self.aws.start_warm_action(group, instance_id, TERMINATING, hook)
+
+    def start_warm_launch(
+        self, group: str | None = None, control: bool = False
+    ) -> tuple[str, LifecycleAction]:
+        """A new instance on the next spare address launched into the warm pool of the first
+        group (or `group`): it pauses in `Warmed:Pending:Wait` on the launch hooks; no etcd node
+        runs on it."""
+        assert self.aws is not None
+        if not self._spare_ips:
+            raise RuntimeError("no spare address left in this slot")
+        seeded = self.groups[group or self.group]
+        self.aws.ensure_warm_pool(seeded.group)
+        ip = self._spare_ips.pop(0)
+        instance_id = launch_instance(self.aws, seeded.subnet_id, None, ip, control)
+        # Attached (so EC2 tags it with its group), then moved out of the group into the pool.
+        self.aws.client("autoscaling", control).attach_instances(
+            AutoScalingGroupName=seeded.group, InstanceIds=[instance_id]
+        )
+        seeded.instances[instance_id] = ip
+        return instance_id, self.aws.start_warm_action(seeded.group, instance_id, LAUNCHING)
+
+    def warm_state(self, instance_id: str) -> str | None:
+        """The instance's lifecycle state in its group's warm pool, or None when in none."""
+        assert self.aws is not None
+        return self.aws.warm_state(instance_id)
 
     def stop_instance(self, instance_id: str) -> None:
         """The instance is stopped in EC2 (its etcd node stops with it); it keeps its address

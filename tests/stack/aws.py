@@ -22,7 +22,12 @@ paused lifecycle actions itself, so that:
   goes on only once all are completed with CONTINUE (an ABANDON ends the wait at once);
 * an instance can be made a Spot instance (its `SpotInstanceRequestId` and a Spot request moto can
   describe) and its interruption announced (the request's status `marked-for-termination`), and
-  an instance can be stopped in EC2 while it stays in its group.
+  an instance can be stopped in EC2 while it stays in its group;
+* a group can have a warm pool (moto keeps its configuration but no instances): an instance going
+  back to it on scale-in, or launched into it, waits in `Warmed:Pending:Wait` (a terminate or a
+  launch action, the same state for both), out of the group's own listing; `DescribeWarmPool`
+  lists the pool's instances, in pages of `warm_pool_page_size`, and once its actions are done
+  the instance rests in `Warmed:Stopped` (stopped in EC2).
 
 In front of moto sits a WSGI fault layer: per service (the SigV4 credential scope names it) and
 optionally per Action, answer the next N requests with a 503, with the service's real throttling
@@ -69,6 +74,10 @@ TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
 # moto runs instances from any image ID; listing its catalogue of real AMIs costs a second.
 IMAGE_ID = "ami-0123456789abcdef0"
 WAIT_STATE = {LAUNCHING: "Pending:Wait", TERMINATING: "Terminating:Wait"}
+# Going back to the warm pool on scale-in (a terminate action) and launching into it (a launch
+# action) wait in the same state.
+WARM_WAIT = "Warmed:Pending:Wait"
+WARM_STOPPED = "Warmed:Stopped"
 
 _account_ids = itertools.count(100000000001)
 _account_lock = threading.Lock()
@@ -118,6 +127,10 @@ class LifecycleRegistry:
         self.completions: list[dict[str, Any]] = []
         self.heartbeats: list[dict[str, Any]] = []
         self.refusals: list[dict[str, Any]] = []
+        # Warm pools: group -> {instance ID: lifecycle state}, in the order instances entered.
+        self.warm_pools: dict[str, dict[str, str]] = {}
+        # Instances per DescribeWarmPool page (AWS: at most 50); 1 makes every instance a page.
+        self.warm_pool_page_size = 50
 
     # -- moto's models -------------------------------------------------------------------------
     def _backends(self):
@@ -175,6 +188,71 @@ class LifecycleRegistry:
             state.lifecycle_state = WAIT_STATE[transition]
             assert mine is not None
             return mine
+
+    def start_warm(
+        self, group: str, instance_id: str, transition: str, hook: str | None = None
+    ) -> LifecycleAction:
+        """Pauses `instance_id` in the warm pool of `group`, in `Warmed:Pending:Wait`: going back
+        to the pool on scale-in (TERMINATING) or launched into it (LAUNCHING), one action per hook
+        of `group` for `transition`, as `start`. An instance the group lists leaves that listing
+        (the pool's instances are not the group's); it keeps its group tag in EC2. The group needs
+        a warm pool (`ensure_warm_pool`). Returns the action of `hook` (as `start`)."""
+        if transition not in WAIT_STATE:
+            raise ValueError(f"transition must be {LAUNCHING} or {TERMINATING}, not {transition!r}")
+        with self._lock:
+            asg, _ = self._backends()
+            seeded = asg.autoscaling_groups.get(group)
+            if seeded is None or seeded.get_warm_pool() is None:
+                raise KeyError(f"group {group!r} has no warm pool")
+            hooks = self._hooks_for(group, transition)
+            hook = hook or self.primary_hooks.get((group, transition)) or hooks[0]
+            if hook not in hooks:
+                raise KeyError(f"group {group!r} has no {transition} hook {hook!r}")
+            for action in self._active.values():
+                if action.instance_id == instance_id:
+                    raise ValueError(f"{instance_id} already has an active lifecycle action")
+            before = len(seeded.instance_states)
+            seeded.instance_states = [
+                s for s in seeded.instance_states if s.instance.id != instance_id
+            ]
+            if len(seeded.instance_states) != before:
+                seeded.desired_capacity = max(0, (seeded.desired_capacity or 0) - 1)
+            self.warm_pools.setdefault(group, {})[instance_id] = WARM_WAIT
+            mine = None
+            for name in hooks:
+                action = LifecycleAction(str(uuid.uuid4()), group, name, instance_id, transition)
+                self._active[action.token] = action
+                if name == hook:
+                    mine = action
+            assert mine is not None
+            return mine
+
+    def warm_state(self, instance_id: str) -> str | None:
+        """The lifecycle state of `instance_id` in a warm pool, or None when in none."""
+        with self._lock:
+            for pool in self.warm_pools.values():
+                if instance_id in pool:
+                    return pool[instance_id]
+            return None
+
+    def warm_instances(self, group: str) -> list[dict[str, Any]]:
+        """The warm pool's instances of `group`, as DescribeWarmPool lists them."""
+        with self._lock:
+            _, ec2 = self._backends()
+            out = []
+            for instance_id, state in self.warm_pools.get(group, {}).items():
+                instance = ec2.get_instance(instance_id)
+                out.append(
+                    {
+                        "InstanceId": instance_id,
+                        "InstanceType": instance.instance_type,
+                        "AvailabilityZone": instance.availability_zone,
+                        "LifecycleState": state,
+                        "HealthStatus": "Healthy",
+                        "ProtectedFromScaleIn": False,
+                    }
+                )
+            return out
 
     def actions_of(self, instance_id: str) -> list[LifecycleAction]:
         """The active actions of one instance (one per hook it waits on)."""
@@ -353,6 +431,17 @@ class LifecycleRegistry:
 
     def _move_on(self, action: LifecycleAction, result: str) -> None:
         """What Auto Scaling does once the hook is released."""
+        pool = self.warm_pools.get(action.group, {})
+        if pool.get(action.instance_id) == WARM_WAIT:
+            _, ec2 = self._backends()
+            if action.transition == LAUNCHING and result == "ABANDON":
+                del pool[action.instance_id]
+                ec2.terminate_instances([action.instance_id])
+                return
+            # Into the pool (back on scale-in, or new): it rests there, stopped.
+            pool[action.instance_id] = WARM_STOPPED
+            ec2.stop_instances([action.instance_id])
+            return
         group, state = self._instance_state(action.group, action.instance_id)
         if action.transition == LAUNCHING and result == "CONTINUE":
             state.lifecycle_state = "InService"
@@ -389,12 +478,13 @@ _patched = False
 
 
 def install_lifecycle_actions() -> None:
-    """Adds the two lifecycle actions to moto's Auto Scaling response class (idempotent)."""
+    """Adds the two lifecycle actions to moto's Auto Scaling response class, and the warm pool's
+    instances to its DescribeWarmPool (idempotent)."""
     global _patched
     if _patched:
         return
     from moto.autoscaling.responses import AutoScalingResponse
-    from moto.core.responses import EmptyResult
+    from moto.core.responses import ActionResult, EmptyResult
 
     def complete_lifecycle_action(self):
         _registry(self.current_account, self.region).complete(
@@ -415,8 +505,26 @@ def install_lifecycle_actions() -> None:
         )
         return EmptyResult()
 
+    def describe_warm_pool(self):
+        """moto's answer (the pool's configuration, none without a pool) with the pool's
+        instances, paged: `NextToken` is the index of the next instance."""
+        group = self._get_param("AutoScalingGroupName")
+        registry = _registry(self.current_account, self.region)
+        configuration = self.autoscaling_backend.describe_warm_pool(group_name=group)
+        instances = registry.warm_instances(group)
+        first = int(self._get_param("NextToken") or 0)
+        size = min(int(self._get_param("MaxRecords") or 50), registry.warm_pool_page_size)
+        result: dict[str, Any] = {
+            "WarmPoolConfiguration": configuration,
+            "Instances": instances[first : first + size],
+        }
+        if first + size < len(instances):
+            result["NextToken"] = str(first + size)
+        return ActionResult(result)
+
     AutoScalingResponse.complete_lifecycle_action = complete_lifecycle_action
     AutoScalingResponse.record_lifecycle_action_heartbeat = record_lifecycle_action_heartbeat
+    AutoScalingResponse.describe_warm_pool = describe_warm_pool
     _patched = True
 
 
@@ -870,6 +978,27 @@ class AwsServer:
 
     def actions_of(self, instance_id: str) -> list[LifecycleAction]:
         return self.registry.actions_of(instance_id)
+
+    def ensure_warm_pool(self, group: str) -> None:
+        """Gives `group` a warm pool (stopped instances, reused on scale-in) unless it has one."""
+        asg = self.client("autoscaling", control=True)
+        if "WarmPoolConfiguration" not in asg.describe_warm_pool(AutoScalingGroupName=group):
+            asg.put_warm_pool(
+                AutoScalingGroupName=group,
+                MinSize=0,
+                PoolState="Stopped",
+                InstanceReusePolicy={"ReuseOnScaleIn": True},
+            )
+
+    def start_warm_action(
+        self, group: str, instance_id: str, transition: str, hook: str | None = None
+    ) -> LifecycleAction:
+        """See `LifecycleRegistry.start_warm`."""
+        return self.registry.start_warm(group, instance_id, transition, hook)
+
+    def warm_state(self, instance_id: str) -> str | None:
+        """The instance's lifecycle state in a warm pool, or None when in none."""
+        return self.registry.warm_state(instance_id)
 
     def lifecycle_state(self, instance_id: str) -> str | None:
         """What DescribeAutoScalingInstances reports, or None once the instance left its group."""

@@ -22,6 +22,7 @@ async fn f(c: &Client) {
     c.record_lifecycle_action_heartbeat().send().await;
     c.describe_auto_scaling_groups().send().await;
     c.describe_lifecycle_hooks().send().await;
+    c.describe_warm_pool().send().await;
 }
 #[cfg(test)]
 mod tests {
@@ -70,6 +71,7 @@ class CheckTemplateTest(unittest.TestCase):
                 "autoscaling:RecordLifecycleActionHeartbeat",
                 "autoscaling:DescribeAutoScalingGroups",
                 "autoscaling:DescribeLifecycleHooks",
+                "autoscaling:DescribeWarmPool",
                 "ec2:DescribeInstances",
                 "ec2:DescribeSpotInstanceRequests",
             },
