@@ -3,6 +3,7 @@
 
 pub mod autoscaling;
 pub mod ec2;
+pub mod on_first_use;
 
 use std::time::Duration;
 
