@@ -44,7 +44,7 @@ use crate::model::{
     ClusterView, Instance, Member, Membership, MembershipError, MembershipLock, Promotion, Removal,
 };
 use crate::resilience::classify::{Class, Classify};
-use crate::resilience::policy::Deadline;
+use crate::resilience::policy::{Deadline, REFUSAL_PAUSE};
 use crate::resilience::{CallError, Dependency, Resilience};
 
 /// Longest wait for the TCP (and TLS) connection to one member.
@@ -53,12 +53,6 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for one member's `Status` during the quorum check.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a membership change refused as "unhealthy cluster" is tried again before it is
-/// reported as `Refused`. Covers the refusal a follower may give right after a leader move
-/// (about 1.5 s); anything longer is the caller's hold.
-const REFUSAL_WAIT: Duration = Duration::from_secs(3);
-/// Pause between two tries of a refused change.
-const REFUSAL_PAUSE: Duration = Duration::from_millis(250);
 /// The name of etcd's lock under which every membership change is made (the v3lock service
 /// keeps its waiters as keys under this prefix).
 pub const LOCK_NAME: &str = "etcd-lifecycle-hook/membership";
@@ -326,7 +320,7 @@ impl EtcdMembership {
     }
 
     /// A membership change, sent to the current leader first (then the other members), tried
-    /// again for up to [`REFUSAL_WAIT`] while etcd refuses it as "unhealthy cluster".
+    /// again for up to [`REFUSAL_WAIT`](crate::resilience::policy::REFUSAL_WAIT) while etcd refuses it as "unhealthy cluster".
     /// `last` is the member to ask only when no other answers (the one being removed).
     async fn change<T, F, Fut>(
         &self,
@@ -340,7 +334,7 @@ impl EtcdMembership {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, OpError>>,
     {
-        let wait_until = (Instant::now() + REFUSAL_WAIT).min(deadline.work_until());
+        let wait_until = deadline.refusal_wait_until(Instant::now());
         loop {
             let leader = self.leader_now(view, deadline).await?;
             let urls = targets(view, leader, last);
@@ -370,7 +364,7 @@ impl EtcdMembership {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, OpError>>,
     {
-        let wait_until = (Instant::now() + REFUSAL_WAIT).min(deadline.work_until());
+        let wait_until = deadline.refusal_wait_until(Instant::now());
         loop {
             let result = self.run(operation, urls, deadline, op).await;
             if !paused_for_not_now(operation, &result, Refusals::Report, wait_until).await {

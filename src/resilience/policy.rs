@@ -18,6 +18,14 @@ pub const ANSWER_MARGIN: Duration = Duration::from_millis(200);
 /// wait is ours and not the transport's.
 pub const LOCK_WAIT: Duration = Duration::from_secs(4);
 
+/// How long etcd's "not now" (a membership change refused as "unhealthy cluster", or "no
+/// leader" during a short election) is tried again before it is reported. Covers the refusal a
+/// follower may give right after a leader move (about 1.5 s); anything longer is the caller's
+/// hold.
+pub const REFUSAL_WAIT: Duration = Duration::from_secs(3);
+/// Pause between two tries of a refused change.
+pub const REFUSAL_PAUSE: Duration = Duration::from_millis(250);
+
 /// A confirmed Spot interruption takes the instance this long after the notice, whatever the
 /// hook says: the window in which an unsafe removal is tried again.
 pub const SPOT_NOTICE: Duration = Duration::from_secs(120);
@@ -68,6 +76,12 @@ impl Deadline {
     /// window ends.
     pub fn lock_wait(&self, now: Instant) -> Duration {
         LOCK_WAIT.min(self.work_until().saturating_duration_since(now))
+    }
+
+    /// Until when etcd's "not now" is tried again from `now`: [`REFUSAL_WAIT`], cut where the
+    /// work window ends.
+    pub fn refusal_wait_until(&self, now: Instant) -> Instant {
+        (now + REFUSAL_WAIT).min(self.work_until())
     }
 
     /// The time to live, in whole seconds, of a lease taken at `now`: never longer than the
@@ -166,6 +180,9 @@ mod tests {
         let now = Instant::now();
         let deadline = Deadline::new(now + Duration::from_millis(30_900), Duration::from_secs(2));
         assert_eq!(deadline.lock_wait(now), LOCK_WAIT);
+        assert_eq!(deadline.refusal_wait_until(now), now + REFUSAL_WAIT);
+        let short = Deadline::new(now + Duration::from_secs(3), Duration::from_secs(2));
+        assert_eq!(short.refusal_wait_until(now), short.work_until());
         assert_eq!(
             deadline.lease_ttl_secs(now),
             30,
