@@ -27,6 +27,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_lambda_events::event::sqs::SqsBatchResponse;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -278,11 +279,16 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         let breakers: Vec<Snapshot> = self.resilience.snapshots();
         let mut summary = json!({ "results": results, "breakers": breakers });
         if let Some(failures) = failures {
-            summary["batchItemFailures"] = failures
-                .iter()
-                .map(|id| json!({ "itemIdentifier": id }))
-                .collect::<Vec<_>>()
-                .into();
+            // Lambda's own shape for partial batch failures (`ReportBatchItemFailures`).
+            let mut batch = SqsBatchResponse::default();
+            for id in failures {
+                batch.add_failure(id.as_str());
+            }
+            if let (Some(answer), Ok(Value::Object(fields))) =
+                (summary.as_object_mut(), serde_json::to_value(batch))
+            {
+                answer.extend(fields);
+            }
         }
         summary
     }
