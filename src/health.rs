@@ -3,7 +3,7 @@
 //! healthy: a partitioned member answers without a leader, a member after a partition heals may
 //! still follow an old term, a restarted one may be far behind, and an alarm may name it. Each
 //! such member counted toward quorum (or chosen to take over leadership) would let a removal
-//! break the cluster. No I/O here: `etcd.rs` asks, this module judges.
+//! break the cluster. No I/O here: `etcd/membership.rs` asks, this module judges.
 
 use crate::model::{Alarm, Member, NotHealthy};
 

@@ -3,7 +3,7 @@
 //!
 //! The handler depends on these traits only, never on `aws-sdk-*` or `etcd-client` types, so
 //! every decision is unit-tested with in-memory fakes. The real implementations live in
-//! `aws/` and `etcd.rs`; `main.rs` wires them in.
+//! `aws/` and `etcd/`; `main.rs` wires them in.
 
 use std::future::Future;
 use std::net::IpAddr;

@@ -2,6 +2,7 @@
 //! and reported, and the breaker accounting when nothing answers. The behaviour against a real
 //! cluster is tested in `tests/etcd_membership.rs`.
 
+use super::endpoints::targets;
 use super::*;
 use crate::resilience::breaker::State;
 use std::io::Write as _;

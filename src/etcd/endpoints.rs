@@ -1,0 +1,272 @@
+//! Endpoint failover: which URLs to ask, in what order, and one cluster-level call as one pass
+//! over them through the resilience layer (only "no endpoint answered" counts against etcd).
+
+use super::*;
+
+impl EtcdMembership {
+    /// The client URLs to ask for the member list: `ETCD_ENDPOINTS`, or else
+    /// `{scheme}://{ip}:{port}` for the private IP of each of `peers` that is pending or running.
+    pub fn endpoints_for(&self, peers: &[Instance]) -> Vec<String> {
+        if !self.endpoints.is_empty() {
+            return self.endpoints.clone();
+        }
+        let scheme = self.scheme.as_str();
+        let port = self.client_port;
+        let mut urls: Vec<String> = Vec::new();
+        for ip in peers
+            .iter()
+            .filter(|p| p.is_up())
+            .filter_map(|p| p.private_ip.or_else(|| p.ips().next()))
+        {
+            let url = match ip {
+                IpAddr::V4(v4) => format!("{scheme}://{v4}:{port}"),
+                IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{port}"),
+            };
+            if !urls.contains(&url) {
+                urls.push(url);
+            }
+        }
+        urls
+    }
+
+    /// [`endpoints_for`](Self::endpoints_for) and then the client URLs the members advertised
+    /// last time, or `Unreachable` when there are none to ask.
+    pub(super) fn cluster_endpoints(
+        &self,
+        peers: &[Instance],
+    ) -> Result<Vec<String>, MembershipError> {
+        let urls = self.with_known(self.endpoints_for(peers));
+        if urls.is_empty() {
+            return Err(MembershipError::Unreachable {
+                endpoints: "none".to_string(),
+                detail: "ETCD_ENDPOINTS is empty and no running instance of the group has a private IP to build endpoints from".to_string(),
+            });
+        }
+        Ok(urls)
+    }
+
+    /// `urls`, then the members' advertised client URLs not among them.
+    pub(super) fn with_known(&self, mut urls: Vec<String>) -> Vec<String> {
+        for (_, url) in lock(&self.known).iter() {
+            if !urls.contains(url) {
+                urls.push(url.clone());
+            }
+        }
+        urls
+    }
+
+    pub(super) fn remember_members(&self, members: &[Member]) {
+        *lock(&self.known) = members
+            .iter()
+            .flat_map(|m| m.client_urls.iter().map(|u| (m.id, u.clone())))
+            .collect();
+    }
+
+    pub(super) fn remember_removed(&self, member: u64) {
+        lock(&self.known).retain(|(id, _)| *id != member);
+        let mut removed = lock(&self.removed);
+        if !removed.contains(&member) {
+            removed.push_back(member);
+        }
+        while removed.len() > REMEMBERED_REMOVALS {
+            removed.pop_front();
+        }
+    }
+
+    pub(super) fn removed_members(&self) -> Vec<u64> {
+        lock(&self.removed).iter().copied().collect()
+    }
+
+    /// `urls` with the ones that were silent last time moved to the end, order kept otherwise.
+    pub(super) fn ordered(&self, urls: &[String]) -> Vec<String> {
+        let silent = lock(&self.silent);
+        let (quiet, answering): (Vec<&String>, Vec<&String>) =
+            urls.iter().partition(|u| silent.contains(*u));
+        answering.into_iter().chain(quiet).cloned().collect()
+    }
+
+    pub(super) fn note_answer(&self, url: &str, answered: bool) {
+        let mut silent = lock(&self.silent);
+        if answered {
+            silent.remove(url);
+        } else {
+            silent.insert(url.to_string());
+        }
+    }
+
+    pub(super) async fn connect(
+        &self,
+        url: &str,
+        left: Duration,
+    ) -> Result<Client, etcd_client::Error> {
+        // A member without a leader answers "no leader" at once instead of letting a write wait
+        // for a quorum that is not there (and its Status then says it is not serving).
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(DIAL_TIMEOUT.min(left))
+            .with_timeout(REQUEST_TIMEOUT.min(left))
+            .with_require_leader(true);
+        if url.starts_with("https://") {
+            options = options.with_tls(self.tls.clone());
+        }
+        Client::connect([url], Some(options)).await
+    }
+
+    /// One attempt of a cluster-level call: `op` on each of `urls` in turn until one answers.
+    /// Endpoints that do not answer, or answer with a transient error, make it move on; an
+    /// answer that ends the call (success, or an error retrying cannot fix) stops it.
+    pub(super) async fn first_answer<T, F, Fut>(
+        &self,
+        urls: &[String],
+        deadline: &Deadline,
+        op: &F,
+    ) -> Result<T, Failure>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, OpError>>,
+    {
+        let mut misses: Vec<(String, Miss)> = Vec::new();
+        for url in self.ordered(urls) {
+            let left = deadline
+                .work_until()
+                .saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let client = match self.connect(&url, left).await {
+                Ok(client) => client,
+                Err(e) => {
+                    misses.push((url, Miss::Unusable(describe(&e))));
+                    continue;
+                }
+            };
+            let limit = (DIAL_TIMEOUT + REQUEST_TIMEOUT).min(left);
+            let outcome = match tokio::time::timeout(limit, op(client)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(OpError::Silent(format!(
+                    "no answer within {} ms",
+                    limit.as_millis()
+                ))),
+            };
+            let miss = match outcome {
+                Ok(value) => {
+                    self.note_answer(&url, true);
+                    return Ok(value);
+                }
+                Err(OpError::Silent(detail)) => Miss::Silent(detail),
+                Err(OpError::Stale(detail)) => Miss::Stale(detail),
+                Err(OpError::Odd(detail)) => Miss::Final(Failure::Rejected {
+                    detail: format!("{url} answered: {detail}"),
+                }),
+                Err(OpError::Locked(waited)) => Miss::Final(Failure::Locked { waited }),
+                Err(OpError::Etcd(e)) => sort_error(&url, &e),
+            };
+            self.note_answer(&url, !matches!(miss, Miss::Silent(_) | Miss::Tls(_)));
+            tracing::debug!(endpoint = %url, miss = ?miss, "etcd endpoint gave no usable answer");
+            match miss {
+                Miss::Final(failure) => return Err(failure),
+                miss => misses.push((url, miss)),
+            }
+        }
+        Err(summarize(urls, misses))
+    }
+
+    /// A cluster-level call through the breaker: one attempt is one pass over `urls`.
+    pub(super) async fn run<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        urls: &[String],
+        deadline: &Deadline,
+        op: &F,
+    ) -> Result<T, MembershipError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, OpError>>,
+    {
+        self.resilience
+            .call(Dependency::Etcd, deadline, || {
+                self.first_answer(urls, deadline, op)
+            })
+            .await
+            .map_err(|e| self.membership_error(operation, e))
+    }
+
+    /// A membership change, sent to the current leader first (then the other members), tried
+    /// again for up to [`REFUSAL_WAIT`](crate::resilience::policy::REFUSAL_WAIT) while etcd refuses it as "unhealthy cluster".
+    /// `last` is the member to ask only when no other answers (the one being removed).
+    pub(super) async fn change<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        view: &ClusterView,
+        last: Option<u64>,
+        deadline: &Deadline,
+        op: F,
+    ) -> Result<T, MembershipError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, OpError>>,
+    {
+        let wait_until = deadline.refusal_wait_until(Instant::now());
+        loop {
+            let leader = self.leader_now(view, deadline).await?;
+            let urls = targets(view, leader, last);
+            if urls.is_empty() {
+                return Err(MembershipError::Unreachable {
+                    endpoints: "none".to_string(),
+                    detail: "no member of the cluster advertises a client URL".to_string(),
+                });
+            }
+            let result = self.run(operation, &urls, deadline, &op).await;
+            if !paused_for_not_now(operation, &result, Refusals::Wait, wait_until).await {
+                return result;
+            }
+        }
+    }
+
+    /// A cluster-level call that waits out a short election ("no leader") like a refused
+    /// change, then reports it.
+    pub(super) async fn retry_without_leader<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        urls: &[String],
+        deadline: &Deadline,
+        op: &F,
+    ) -> Result<T, MembershipError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, OpError>>,
+    {
+        let wait_until = deadline.refusal_wait_until(Instant::now());
+        loop {
+            let result = self.run(operation, urls, deadline, op).await;
+            if !paused_for_not_now(operation, &result, Refusals::Report, wait_until).await {
+                return result;
+            }
+        }
+    }
+}
+
+/// Client URLs to send a membership change to, best first: the leader, the leader of the view,
+/// the other healthy members, the remaining members, and `last` at the very end.
+pub(super) fn targets(view: &ClusterView, leader: Option<u64>, last: Option<u64>) -> Vec<String> {
+    let not_last = |id: &u64| Some(*id) != last;
+    let ids = leader
+        .into_iter()
+        .chain(view.leader)
+        .chain(view.healthy.iter().copied())
+        .filter(not_last)
+        .chain(view.members.iter().map(|m| m.id).filter(not_last))
+        .chain(last);
+    let mut urls: Vec<String> = Vec::new();
+    for id in ids {
+        for url in view
+            .member(id)
+            .map(|m| m.client_urls.as_slice())
+            .unwrap_or_default()
+        {
+            if !urls.contains(url) {
+                urls.push(url.clone());
+            }
+        }
+    }
+    urls
+}
