@@ -182,12 +182,28 @@ impl EtcdMembership {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, OpError>>,
     {
+        self.attempt(urls, deadline, op)
+            .await
+            .map_err(|e| self.membership_error(operation, e))
+    }
+
+    /// [`run`](Self::run) before its failure is turned into the caller's error: what etcd
+    /// answered, as sorted where it arrived.
+    async fn attempt<T, F, Fut>(
+        &self,
+        urls: &[String],
+        deadline: &Deadline,
+        op: &F,
+    ) -> Result<T, CallError<Failure>>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, OpError>>,
+    {
         self.resilience
             .call(Dependency::Etcd, deadline, || {
                 self.first_answer(urls, deadline, op)
             })
             .await
-            .map_err(|e| self.membership_error(operation, e))
     }
 
     /// A membership change, sent to the current leader first (then the other members), tried
@@ -215,9 +231,9 @@ impl EtcdMembership {
                     detail: "no member of the cluster advertises a client URL".to_string(),
                 });
             }
-            let result = self.run(operation, &urls, deadline, &op).await;
+            let result = self.attempt(&urls, deadline, &op).await;
             if !paused_for_not_now(operation, &result, Refusals::Wait, wait_until).await {
-                return result;
+                return result.map_err(|e| self.membership_error(operation, e));
             }
         }
     }
@@ -237,9 +253,9 @@ impl EtcdMembership {
     {
         let wait_until = deadline.refusal_wait_until(Instant::now());
         loop {
-            let result = self.run(operation, urls, deadline, op).await;
+            let result = self.attempt(urls, deadline, op).await;
             if !paused_for_not_now(operation, &result, Refusals::Report, wait_until).await {
-                return result;
+                return result.map_err(|e| self.membership_error(operation, e));
             }
         }
     }

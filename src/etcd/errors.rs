@@ -70,7 +70,9 @@ pub(super) enum Failure {
     /// election under way), not a failure of it as a dependency: not counted.
     NoLeader { detail: String },
     /// The strict reconfig check refused the change. An answer: not counted.
-    Refused { detail: String },
+    /// `for_now`: the strict reconfig check's "unhealthy cluster", which also answers for a few
+    /// seconds after an election; worth waiting out briefly, unlike "too many learners".
+    Refused { detail: String, for_now: bool },
     /// Another invocation held the membership lock for the whole wait. An answer: not counted.
     Locked { waited: Duration },
     /// etcd refuses writes under an alarm (NOSPACE). An answer about the cluster: not counted.
@@ -106,19 +108,16 @@ pub(super) enum Refusals {
 /// before `until`: pauses and answers `true` (try again). Otherwise `false`: the result stands.
 pub(super) async fn paused_for_not_now<T>(
     operation: &'static str,
-    result: &Result<T, MembershipError>,
+    result: &Result<T, CallError<Failure>>,
     refusals: Refusals,
     until: Instant,
 ) -> bool {
-    let not_now = match result {
-        Err(MembershipError::NoLeader { detail }) => {
-            Some(("etcd has no leader (an election)", detail))
-        }
-        Err(MembershipError::Refused { detail })
-            if refusals == Refusals::Wait && detail.contains("unhealthy cluster") =>
-        {
-            Some(("etcd refused the change for now", detail))
-        }
+    let not_now = match result.as_ref().err().and_then(CallError::source_error) {
+        Some(Failure::NoLeader { detail }) => Some(("etcd has no leader (an election)", detail)),
+        Some(Failure::Refused {
+            detail,
+            for_now: true,
+        }) if refusals == Refusals::Wait => Some(("etcd refused the change for now", detail)),
         _ => None,
     };
     match not_now {
@@ -174,6 +173,7 @@ pub(super) fn sort_error(url: &str, e: &etcd_client::Error) -> Miss {
     if is_refusal(e) {
         return Miss::Final(Failure::Refused {
             detail: format!("{url} answered {detail}: {}", refusal_meaning(e)),
+            for_now: grpc_message(e).contains("unhealthy cluster"),
         });
     }
     if ["database space exceeded", "corrupt cluster"]
@@ -241,6 +241,11 @@ pub(super) fn refusal_meaning(e: &etcd_client::Error) -> &'static str {
     } else {
         "etcd's strict reconfig check: the change would leave too few connected voting members, or a leader was elected in the last few seconds; retry later"
     }
+}
+
+/// etcd's answer to `MoveLeader` sent to a member that no longer leads.
+pub(super) fn is_not_leader(e: &etcd_client::Error) -> bool {
+    grpc_message(e).contains("not leader")
 }
 
 pub(super) fn is_member_not_found(e: &etcd_client::Error) -> bool {

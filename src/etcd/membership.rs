@@ -203,7 +203,7 @@ impl EtcdMembership {
                 endpoints,
                 detail: format!("{detail}{tries}"),
             },
-            Failure::Refused { detail } => MembershipError::Refused { detail },
+            Failure::Refused { detail, .. } => MembershipError::Refused { detail },
             Failure::WritesRefused { detail } => MembershipError::WritesRefused { detail },
             Failure::NoLeader { detail } => MembershipError::NoLeader { detail },
             Failure::Locked { waited } => MembershipError::Locked {
@@ -400,18 +400,27 @@ impl Membership for EtcdMembership {
                     "the leader {leader:x} advertises no client URL that this view knows; read the cluster again"
                 )));
             }
+            // `Ok(false)`: the member asked no longer leads (it changed in between).
             let op = move |mut client: Client| async move {
-                client.move_leader(to).await?;
-                Ok(())
+                match client.move_leader(to).await {
+                    Ok(_) => Ok(true),
+                    Err(e) if is_not_leader(&e) => Ok(false),
+                    Err(e) => Err(e.into()),
+                }
             };
             asked.push(leader);
             match self.run("move leader", &urls, deadline, &op).await {
-                Ok(()) => {
+                Ok(true) => {
                     tracing::info!(from = %hex(leader), to = %hex(to), "moved etcd leadership");
                     return Ok(());
                 }
-                Err(MembershipError::Failed { detail, .. })
-                    if detail.contains("not leader") && asked.len() < 2 => {}
+                Ok(false) if asked.len() < 2 => {}
+                Ok(false) => {
+                    return Err(failed(format!(
+                        "asked {} in turn, none of them still led; leadership is changing: retry shortly",
+                        asked.iter().map(|id| hex(*id)).collect::<Vec<_>>().join(", ")
+                    )))
+                }
                 Err(e) => return Err(e),
             }
         }

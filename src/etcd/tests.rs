@@ -210,7 +210,7 @@ fn etcd_errors_are_sorted_into_move_on_or_stop() {
 
     let refused = sorted(status(Code::Unavailable, "etcdserver: unhealthy cluster"));
     assert!(
-        matches!(&refused, Miss::Final(Failure::Refused { detail })
+        matches!(&refused, Miss::Final(Failure::Refused { detail, for_now: true })
             if detail.contains("unhealthy cluster") && detail.contains("strict reconfig check")),
         "{refused:?}"
     );
@@ -219,7 +219,7 @@ fn etcd_errors_are_sorted_into_move_on_or_stop() {
         "etcdserver: too many learner members in cluster",
     ));
     assert!(
-        matches!(&learners, Miss::Final(Failure::Refused { detail }) if detail.contains("one learner at a time")),
+        matches!(&learners, Miss::Final(Failure::Refused { detail, for_now: false }) if detail.contains("one learner at a time")),
         "{learners:?}"
     );
 
@@ -311,7 +311,8 @@ fn a_pass_with_no_answer_is_summarized_by_its_most_telling_miss() {
     assert!(matches!(summary(Vec::new()), Failure::OutOfTime));
     assert_eq!(
         Failure::Refused {
-            detail: String::new()
+            detail: String::new(),
+            for_now: true,
         }
         .class(),
         Class::Permanent,
