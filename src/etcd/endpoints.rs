@@ -29,13 +29,13 @@ impl EtcdMembership {
         urls
     }
 
-    /// [`endpoints_for`](Self::endpoints_for) and then the client URLs the members advertised
-    /// last time, or `Unreachable` when there are none to ask.
+    /// The last known leader's client URLs, then [`endpoints_for`](Self::endpoints_for), then
+    /// the client URLs the members advertised last time; `Unreachable` when there are none.
     pub(super) fn cluster_endpoints(
         &self,
         peers: &[Instance],
     ) -> Result<Vec<String>, MembershipError> {
-        let urls = self.with_known(self.endpoints_for(peers));
+        let urls = self.leader_first(self.with_known(self.endpoints_for(peers)));
         if urls.is_empty() {
             return Err(MembershipError::Unreachable {
                 endpoints: "none".to_string(),
@@ -53,6 +53,24 @@ impl EtcdMembership {
             }
         }
         urls
+    }
+
+    /// `urls` with the last known leader's advertised client URLs first.
+    fn leader_first(&self, mut urls: Vec<String>) -> Vec<String> {
+        let Some(leader) = *lock(&self.leader) else {
+            return urls;
+        };
+        let first: Vec<String> = lock(&self.known)
+            .iter()
+            .filter(|(id, _)| *id == leader)
+            .map(|(_, url)| url.clone())
+            .collect();
+        urls.retain(|url| !first.contains(url));
+        first.into_iter().chain(urls).collect()
+    }
+
+    pub(super) fn remember_leader(&self, leader: Option<u64>) {
+        *lock(&self.leader) = leader;
     }
 
     pub(super) fn remember_members(&self, members: &[Member]) {

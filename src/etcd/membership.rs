@@ -351,9 +351,11 @@ impl Membership for EtcdMembership {
                 }
             }
         }
+        let confirmed =
+            judgement.leader_answered && judgement.leader.is_some_and(|leader| leader == from);
+        self.remember_leader(judgement.leader.filter(|_| judgement.leader_answered));
         Ok(ClusterView {
-            confirmed_by_leader: judgement.leader_answered
-                && judgement.leader.is_some_and(|leader| leader == from),
+            confirmed_by_leader: confirmed,
             members,
             healthy: judgement.healthy,
             not_healthy: judgement.not_healthy,

@@ -95,6 +95,9 @@ pub struct EtcdMembership {
     /// when the instances give too few (a zone's only instance being removed, one group of a
     /// cluster over several).
     known: Mutex<Vec<(u64, String)>>,
+    /// The leader of the latest confirmed view: its client URLs are asked first, so the member
+    /// list usually comes from the leader at once and needs no second read.
+    leader: Mutex<Option<u64>>,
 }
 
 impl fmt::Debug for EtcdMembership {
@@ -123,6 +126,7 @@ impl EtcdMembership {
             removed: Mutex::new(VecDeque::new()),
             silent: Mutex::new(HashSet::new()),
             known: Mutex::new(Vec::new()),
+            leader: Mutex::new(None),
         })
     }
 }

@@ -130,6 +130,34 @@ fn endpoints_add_what_the_members_advertised_last_time() {
 }
 
 #[test]
+fn the_last_known_leader_is_asked_first() {
+    let etcd = membership(&Config {
+        etcd_client_scheme: Scheme::Http,
+        ..Config::default()
+    });
+    let peers = [
+        instance("i-a", Some("10.0.1.5")),
+        instance("i-c", Some("10.0.3.7")),
+    ];
+    etcd.remember_members(&[
+        member(1, &["http://10.0.1.5:2379"]),
+        member(3, &["http://10.0.3.7:2379"]),
+    ]);
+    etcd.remember_leader(Some(3));
+    assert_eq!(
+        etcd.cluster_endpoints(&peers)
+            .unwrap_or_else(|e| panic!("{e}")),
+        vec!["http://10.0.3.7:2379", "http://10.0.1.5:2379"]
+    );
+    etcd.remember_leader(None);
+    assert_eq!(
+        etcd.cluster_endpoints(&peers)
+            .unwrap_or_else(|e| panic!("{e}")),
+        vec!["http://10.0.1.5:2379", "http://10.0.3.7:2379"]
+    );
+}
+
+#[test]
 fn unreadable_tls_files_name_the_variable_and_the_path() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let missing = dir.path().join("missing-ca.pem");
