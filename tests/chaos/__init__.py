@@ -14,8 +14,9 @@ Nothing is faked on the function's side: each step is a real change to the world
 action started in the stack, an etcd node stopped, an AWS fault injected) and, for deliveries, a
 real invocation of the bootstrap under the Runtime API emulator. The world around the function is
 modelled as AWS and the nodes behave: a completed terminate terminates the instance (its etcd node
-dies with it), an instance can die outside the hooks, and a launched instance's node starts etcd
-once it has a member (a learner the function added, or one its bootstrap script adds).
+dies with it), an instance can die outside the hooks, a launched instance's node starts etcd once
+it has a member (a learner the function added, or one its bootstrap script adds), and an instance
+whose hooks into a warm pool are done rests there stopped (its etcd node with it).
 
 Each run's seed also picks its layout (run.py `choose_topology`; every three consecutive seeds meet
 each at least once): one group or one cluster over two or three groups (one per zone, all in
@@ -25,16 +26,19 @@ another tool's terminate hook on every group, listed first, with `LIFECYCLE_HOOK
 ours (that tool completes its own actions; its events reach the function too); learners on launch,
 with instance refreshes (a launch, then the old instance's terminate once the new one is
 InService); deliveries in pairs on the two execution environments (two terminates at once, an
-event and a sweep at once). Instances are also stopped in EC2 and started again.
+event and a sweep at once); a warm pool on every group (never with Spot instances, as in AWS):
+scale-ins back to the pool (`Warmed:Pending:Wait` on the terminate hooks, only DescribeWarmPool
+lists it; then `Warmed:Stopped`) and launches into it (the same wait, on the launch hooks).
+Instances are also stopped in EC2 and started again.
 
 Invariants (see world.py for the exact rules): quorum kept unless the chaos itself downed too many
 nodes (and no delivery ever turns a quorate cluster into one without quorum); no member of a
-running, non-terminating instance removed; no member that answers removed except through its own
-instance's terminate; never fewer voting members than `ETCD_MIN_VOTERS` after a removal; no other
+running, non-terminating instance removed (one going back to or resting in a warm pool is
+leaving); no member that answers removed except through its own instance's terminate; never fewer voting members than `ETCD_MIN_VOTERS` after a removal; no other
 hook's lifecycle action completed or heartbeated (not even tried); no hold or failure answered as
 success; no lifecycle action lost (left without a heartbeat or completion longer than the hooks'
 heartbeat timeout); no answer after the invocation's deadline; and at the end, once faults clear,
 every action completed (a terminate held at the voter floor with no learner to promote is the
-contract, not a failure), every terminated instance's member removed, and with learners on every
-InService instance has a member.
+contract, not a failure), the member of every terminated instance and of every instance resting
+stopped in a warm pool removed, and with learners on every InService instance has a member.
 """

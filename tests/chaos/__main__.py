@@ -27,6 +27,7 @@ def summary_line(r: dict) -> str:
         f"invocations={s.get('invocations', 0)} removed={removed} held={holds} "
         f"etcd_faults={s.get('etcd_faults', 0)} aws_faults={s.get('aws_faults', 0)} "
         f"spot_interruptions={s.get('spot_interruptions', 0)} "
+        f"warm={s.get('warm_scale_ins', 0)}+{s.get('warm_launches', 0)} "
         f"converged={r['converged']} violations={len(r['violations'])} ({r['duration_s']}s){extra}"
     )
 

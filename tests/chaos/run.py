@@ -15,36 +15,43 @@ from typing import Any
 
 from tests.stack import Stack
 
-from .world import AUTOSCALING_ACTIONS, SWEEP_EVERY_S, Delivery, Topology, World
+from .world import AUTOSCALING_ACTIONS, SWEEP_EVERY_S, WARM_POOL_MAX, Delivery, Topology, World
 
 # Steps that only deliver events: the function's work, held to "never makes quorum worse".
 FUNCTION_STEPS = {
     "terminate", "launch", "deliver_held_back", "redeliver", "concurrent", "sweep",
-    "spot_interrupt", "refresh", "refresh_terminate", "terminate_pair",
+    "spot_interrupt", "refresh", "refresh_terminate", "terminate_pair", "warm_scale_in", "warm_launch",
 }  # fmt: skip
 ZONES = ("chaos-a", "chaos-b", "chaos-c")
 
 
 # Every three consecutive seeds meet every layout at least once (the short run is seeds 1-3).
-FORCED = {1: {"zones", "spot"}, 2: {"learners", "concurrent"}, 0: {"foreign_hook", "zones", "concurrent"}}
+FORCED = {1: {"zones", "spot"}, 2: {"learners", "concurrent", "warm_pool"}, 0: {"foreign_hook", "zones", "concurrent"}}
 
 
 def choose_topology(rng: random.Random, nodes: int, learners: bool, seed: int) -> Topology:
     """The layout of one run, from its seed: one group or one per zone (2 or 3), Spot
-    instances, another tool's hook, learners (with instance refreshes), deliveries in pairs."""
+    instances, another tool's hook, learners (with instance refreshes), deliveries in pairs, a
+    warm pool on every group (never with Spot instances: AWS refuses a warm pool on a group that
+    launches Spot instances)."""
     forced = FORCED[seed % 3]
     if rng.random() < 0.5 and "zones" not in forced:
         groups = {"chaos": nodes}
     else:
         zones = rng.choice((2, 3))
         groups = {z: nodes // zones + (1 if i < nodes % zones else 0) for i, z in enumerate(ZONES[:zones])}
-    return Topology(
+    topology = Topology(
         groups=groups,
         spot=rng.random() < 0.4 or "spot" in forced,
         foreign_hook=rng.random() < 0.4 or "foreign_hook" in forced,
         learners=learners or "learners" in forced,
         concurrent=rng.random() < 0.4 or "concurrent" in forced,
     )
+    # Drawn apart, so a run without a warm pool makes the same decisions it made before pools.
+    warm = random.Random(f"warm-pool:{seed}").random() < 0.35
+    if "warm_pool" in forced or (warm and not topology.spot):
+        topology.warm_pool, topology.spot = True, False
+    return topology
 
 
 def refreshable(world: World, states: dict[str, str]) -> list[tuple[str, str]]:
@@ -74,6 +81,11 @@ def choose(world: World) -> str:
         options.append(("spot_interrupt", 10))
     if topo.concurrent and len(inservice) >= 4:
         options.append(("terminate_pair", 6))
+    room = topo.warm_pool and len(world.in_warm_pools()) < WARM_POOL_MAX
+    if room and len(inservice) >= 2:
+        options.append(("warm_scale_in", 12))
+    if room and can_launch:
+        options.append(("warm_launch", 4))
     if len(inservice) >= 3:
         options.append(("stop_instance", 2))
     if world.inflight:
@@ -148,6 +160,23 @@ def do(world: World, kind: str) -> None:
         tracked = world.track(stack.start_terminate(iid))
         world.note(f"Spot interruption of {iid} ({world.group_of(iid)}): marked-for-termination, terminate hook")
         world.dispatch_new(tracked.action)
+    elif kind == "warm_scale_in":
+        iid = inservice[rng.randrange(len(inservice))]
+        if not within_tolerance(world, iid):
+            world.note(f"{iid} kept in service: its leaving would leave no healthy majority")
+            return
+        tracked = world.track(stack.start_warm_scale_in(iid))
+        world.stats["warm_scale_ins"] += 1
+        world.note(f"scale-in of {iid} ({world.group_of(iid)}) back to the warm pool: Warmed:Pending:Wait")
+        world.dispatch_new(tracked.action)
+    elif kind == "warm_launch":
+        group = rng.choice(sorted(stack.groups))
+        iid, action = stack.start_warm_launch(group=group, control=True)
+        world.order.append(iid)
+        world.track(action)
+        world.stats["warm_launches"] += 1
+        world.note(f"launch into the warm pool of {group}: {iid} at {world.ip_of(iid)}, Warmed:Pending:Wait")
+        world.dispatch_new(action)
     elif kind == "terminate_pair":
         first, second = rng.sample(inservice, 2)
         pair = [world.track(stack.start_terminate(i)).action for i in (first, second)]

@@ -5,6 +5,8 @@ Speaks the Lambda Runtime API like the real bootstrap; standard library plus bot
 `SABOTEUR_MODE`:
 
 * `silent`: answers success and does nothing;
+* `keep-member`: completes the instance's action (CONTINUE) and touches no member: the instance
+  moves on (terminated, or stopped in a warm pool) with its member left behind;
 * `reckless`: removes the instance's member without any quorum check, then completes;
 * `wrong-member`: removes some other member than the instance's, then completes;
 * `other-group`: removes the (healthy) member of an instance of *another* Auto Scaling group,
@@ -115,6 +117,8 @@ def handle(detail, mode):
     instance = detail["EC2InstanceId"]
     if mode in ("reckless", "shrink"):
         victims = [m for m in ms if m.get("name") == instance]
+    elif mode == "keep-member":
+        victims = []
     elif mode == "other-group":
         others = set(other_groups_instances(detail["AutoScalingGroupName"]))
         victims = [m for m in ms if m.get("name") in others][:1]

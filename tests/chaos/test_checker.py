@@ -17,6 +17,7 @@ import time
 import unittest
 
 from tests.stack import TERMINATING, Stack
+from tests.stack.aws import WARM_STOPPED
 
 from . import saboteur
 from .world import FOREIGN_HOOK, Delivery, World
@@ -182,6 +183,38 @@ class CheckerTest(unittest.TestCase):
             "the saboteur did not complete the other tool's action: no test",
         )
         self.assertIn("foreign-hook", self.invariants(world), world.log)
+
+    def test_a_member_left_behind_in_the_warm_pool_is_caught_and_the_function_leaves_none(self):
+        # Four voters: the real function's removal leaves three, so the member the saboteur
+        # leaves behind (its node stopped with the instance) still leaves a majority up.
+        world = self.world(nodes=4)
+        stack, etcd = world.stack, world.stack.etcd
+        first, second = etcd.followers()[:2]
+
+        # The real function: the scale-in back to the warm pool removes the member, then
+        # completes; the instance rests stopped in the pool, its node with it, nothing left.
+        action = world.track(stack.start_warm_scale_in(first)).action
+        self.step(world, lambda: world.deliver([Delivery(action.token)], timeout_ms=20_000))
+        self.assertEqual(world.violations, [], world.log)
+        self.assertNotIn(first, etcd.member_names())
+        self.assertEqual(stack.warm_state(first), WARM_STOPPED, world.log)
+        self.assertFalse(etcd.nodes[first].running(), world.log)
+        self.assertEqual(world.unfinished(), [], world.log)
+
+        # A function that completes the action and keeps the member: the instance is stopped
+        # in the pool with its member still a voter, which no sweep calls stale (it exists).
+        self.use(world, "keep-member")
+        action = world.track(stack.start_warm_scale_in(second)).action
+        self.step(world, lambda: world.deliver([Delivery(action.token)], timeout_ms=20_000))
+        self.assertIn(second, etcd.member_names(), "the saboteur removed the member: no test")
+        self.assertEqual(stack.warm_state(second), WARM_STOPPED, "the saboteur did not complete: no test")
+        self.assertEqual(world.violations, [], world.log)  # quorum kept, nothing removed
+        self.assertFalse(world.quiesce(budget_s=2))
+        self.assertIn("finished", self.invariants(world), world.log)
+        self.assertTrue(
+            any(second in v.detail and "warm pool" in v.detail for v in world.violations if v.invariant == "finished"),
+            [v.detail for v in world.violations],
+        )
 
 
 if __name__ == "__main__":

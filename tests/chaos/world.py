@@ -9,6 +9,11 @@ themselves, modelled here:
 * a launched instance's node starts etcd (`--initial-cluster-state existing`) once its member
   exists: the learner the function added at launch, or, failing that, one its bootstrap script
   adds (as a kubeadm join does) when no other learner is catching up;
+* an instance going back to a warm pool on scale-in waits in `Warmed:Pending:Wait` on the
+  terminate hooks (out of its group's listing; its node runs on); once they are all completed it
+  rests in the pool in `Warmed:Stopped`, stopped in EC2, and its node stops with it (the pool's
+  instances are never launched out of it again here); an instance launched into a warm pool
+  waits there on the launch hooks, then rests stopped the same way, and never runs etcd;
 * an address comes back into use once no member refers to it any more; with `reuse_addresses`,
   as soon as its instance is terminated, as AWS does (a member of a dead instance may then share
   its address with a new instance: see RELIABILITY.md for what that shows);
@@ -18,7 +23,10 @@ themselves, modelled here:
   `SPOT_NOTICE_S` later whatever the hook says; another tool's terminate hook on every group
   (listed first, `LIFECYCLE_HOOK_NAMES` naming only ours), whose actions that tool completes one
   step after they start; instance refreshes (a launch, then the old instance's terminate once the
-  new one is InService); instances stopped in EC2 (their node with them) and started again.
+  new one is InService); a warm pool on every group (never with Spot instances, which AWS does not
+  allow), scale-ins going back to it (at most `WARM_POOL_MAX` instances in pools at once, as a
+  full pool makes a scale-in a plain one) and launches into it; instances stopped in EC2 (their
+  node with them) and started again.
 
 Ground truth is read straight from the processes (etcd's status on each node's own address, moto's
 models), never from what the function says.
@@ -29,10 +37,12 @@ Invariants (a violation names the step, the invariant and what was seen):
   stopped or paused so many voters that no majority is up; and a step that only delivers events
   (the function's work) never takes a cluster that had quorum to one without;
 * no wrong removal: a member that disappears in a step belongs to an instance that is terminating,
-  terminated, or no longer in its group (a stopped instance still exists: its member stays);
+  terminated, going back to or resting in a warm pool (`Warmed:*`: out of the cluster), or no
+  longer in its group (a stopped instance that is still in its group exists: its member stays);
 * no healthy member removed: a member that answered `Status` before a step and is gone after it
-  belongs to an instance whose terminate the chaos started (scale-in, refresh, Spot
-  interruption): nothing else (a launch, a sweep, another group's event) removes a live member;
+  belongs to an instance whose terminate the chaos started (scale-in, to a warm pool or out of
+  the group, refresh, Spot interruption): nothing else (a launch, a sweep, another group's
+  event) removes a live member;
 * the voter floor: a step that removes a voter never leaves fewer voting members than
   `ETCD_MIN_VOTERS` (default 2); the chaos itself never removes a member (it only stops, pauses
   and kills nodes), so a membership below the floor is always the function's doing;
@@ -48,7 +58,9 @@ Invariants (a violation names the step, the invariant and what was seen):
   its completions and heartbeats are recorded before it;
 * no crash, no hang: the function never dies and always answers;
 * finished: once the faults clear, the sweep completes every action and removes every member of
-  every terminated instance, and every voting member is healthy.
+  every terminated instance and of every instance resting stopped in a warm pool, every voting
+  member is healthy, and (with learners) every InService instance (not one in a warm pool) has
+  a member.
 """
 
 from __future__ import annotations
@@ -62,7 +74,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.stack import FunctionDied, FunctionProcess, InvocationTimeout, Stack, events
-from tests.stack.aws import LAUNCHING, TERMINATING, LifecycleAction
+from tests.stack.aws import LAUNCHING, TERMINATING, WARM_STOPPED, WARM_WAIT, LifecycleAction
 from tests.stack.etcd import EtcdError, Member, gateway
 
 HEARTBEAT_TIMEOUT_S = 60.0
@@ -73,6 +85,9 @@ SPOT_NOTICE_S = 30.0
 QUIESCE_TIMEOUT_MS = 20_000
 STUCK_S = 40.0  # the end: sweeps that change nothing for this long will not finish it
 FOREIGN_HOOK = "node-drain"  # another tool's terminate hook, on every group when the run has one
+# Instances in warm pools at once (all groups): a full pool makes a scale-in a plain one. Pool
+# instances keep their addresses (they are only stopped), so this also bounds what they hold.
+WARM_POOL_MAX = 2
 # EC2 states in which an instance still exists (PRODUCT.md: a member of one is never stale).
 EXISTING = ("pending", "running", "stopping", "stopped")
 SHAPES = ("eventbridge", "sns", "sqs", "sns_in_sqs", "sqs_with_test_notification")
@@ -95,6 +110,7 @@ class Topology:
     foreign_hook: bool = False  # another tool's terminate hook on every group
     learners: bool = False  # ETCD_ADD_LEARNER_ON_LAUNCH, and instance refreshes
     concurrent: bool = False  # deliveries in pairs on the two execution environments
+    warm_pool: bool = False  # a warm pool on every group: scale-ins back to it, launches into it
 
     def stack_args(self) -> dict[str, Any]:
         return {
@@ -117,7 +133,9 @@ class Topology:
 
     def describe(self) -> str:
         parts = ["+".join(f"{g}:{n}" for g, n in self.groups.items())]
-        parts += [name for name in ("spot", "foreign_hook", "learners", "concurrent") if getattr(self, name)]
+        parts += [
+            name for name in ("spot", "foreign_hook", "learners", "concurrent", "warm_pool") if getattr(self, name)
+        ]  # fmt: skip
         return " ".join(parts)
 
 
@@ -139,6 +157,7 @@ class Tracked:
     deliveries: int = 0
     lost_reported: bool = False
     foreign: bool = False  # another tool's action: its events must be skipped
+    warm: bool = False  # into a warm pool (back on scale-in, or launched into it)
 
 
 @dataclass
@@ -209,6 +228,8 @@ class World:
             stack.aws.client("autoscaling", control=True).update_auto_scaling_group(
                 AutoScalingGroupName=group, MaxSize=self.max_size
             )
+            if self.topology.warm_pool:
+                stack.aws.ensure_warm_pool(group)  # DescribeWarmPool lists it from the start
         # Hooks that are not the function's (another tool's), on any group.
         self.foreign_hooks = {h for g in stack.groups.values() for h in g.foreign_hooks}
         self.foreign_done: set[str] = set()  # tokens the other tool (the world) completed
@@ -240,24 +261,39 @@ class World:
         return registry, *registry._backends()
 
     def lifecycle_states(self) -> dict[str, str]:
-        """Instance ID -> lifecycle state, for the instances in every group."""
+        """Instance ID -> lifecycle state, for the instances in every group and in every group's
+        warm pool (`Warmed:Pending:Wait`, `Warmed:Stopped`)."""
         registry, asg, _ = self._models()
         with registry._lock:
-            return {
+            states = {
                 s.instance.id: s.lifecycle_state
                 for name in self.stack.groups
                 for s in asg.autoscaling_groups[name].instance_states
             }
+            for name in self.stack.groups:
+                states.update(registry.warm_pools.get(name, {}))
+            return states
+
+    def warm_state(self, instance_id: str) -> str | None:
+        """Its state in a warm pool (`Warmed:Pending:Wait`, `Warmed:Stopped`), None when in none."""
+        return self.stack.warm_state(instance_id)
+
+    def in_warm_pools(self) -> list[str]:
+        return [i for i in self.order if self.warm_state(i) is not None]
 
     def ec2_state(self, instance_id: str) -> str:
         _, _, ec2 = self._models()
         return ec2.get_instance(instance_id).state
 
     def live(self, instance_id: str) -> bool:
+        """Running in EC2 (an instance waiting in `Warmed:Pending:Wait` still runs: callers that
+        mean "serving" also ask for `InService`)."""
         return self.ec2_state(instance_id) in ("pending", "running")
 
     def exists(self, instance_id: str) -> bool:
-        """The instance still exists in EC2 (running, or stopped: its member is not stale)."""
+        """The instance still exists in EC2 (running, or stopped: its member is not stale). One
+        resting in a warm pool exists too, stopped: whether its member may stay is asked of
+        `warm_state`, not of this."""
         return self.ec2_state(instance_id) in EXISTING
 
     def ours(self, action: LifecycleAction) -> bool:
@@ -354,10 +390,16 @@ class World:
     def event(self, d: Delivery) -> Any:
         if d.token is None:
             return self.stack.scheduled()
-        action = self.tracked[d.token].action
+        tracked = self.tracked[d.token]
+        action = tracked.action
         note = self.stack.notification(action)
+        where: dict[str, str] = {}
+        if tracked.warm:  # as AWS says it: from the group (or EC2, new) into the warm pool
+            origin = "EC2" if action.transition == LAUNCHING else "AutoScalingGroup"
+            where = {"Origin": origin, "Destination": "WarmPool"}
+            note.update(where)
         if d.shape == "eventbridge":
-            return self.stack.eventbridge(action)
+            return self.stack.eventbridge(action, **where)
         if d.shape == "sns":
             return events.sns(note)
         if d.shape == "sqs":
@@ -461,15 +503,18 @@ class World:
     def describe_token(self, token: str) -> str:
         a = self.tracked[token].action
         kind = "terminate" if a.transition == TERMINATING else "launch"
+        if self.tracked[token].warm:
+            kind = f"warm-pool {kind}"
         return f"{kind} {a.instance_id}" + (f" ({a.hook})" if self.tracked[token].foreign else "")
 
     def track(self, action: LifecycleAction) -> Tracked:
-        self.tracked[action.token] = Tracked(action)
+        warm = self.warm_state(action.instance_id) == WARM_WAIT
+        self.tracked[action.token] = Tracked(action, warm=warm)
         if action.transition == TERMINATING:
             self.terminated_by_hook.add(action.instance_id)
         for other in self.stack.aws.actions_of(action.instance_id):
             if not self.ours(other) and other.token not in self.tracked:
-                self.tracked[other.token] = Tracked(other, foreign=True)
+                self.tracked[other.token] = Tracked(other, foreign=True, warm=warm)
         return self.tracked[action.token]
 
     def foreign_of(self, action: LifecycleAction) -> list[Tracked]:
@@ -519,6 +564,14 @@ class World:
                 etcd.forget_node(name)  # the machine is gone, and its etcd with it
                 self.down.pop(name, None)
                 self.note(f"node {name} gone with its instance")
+        for iid in self.order:
+            if iid in etcd.nodes and states.get(iid) == WARM_STOPPED:
+                # Its hooks are done and it rests in the warm pool, stopped in EC2: its node
+                # stops with the machine (the data stays on its volume, as a stopped disk's).
+                how = self.down.pop(iid, None)
+                if etcd.nodes[iid].running():
+                    etcd.stop_node(iid)
+                    self.note(f"node {iid} stopped with its instance in the warm pool{f' (was {how})' if how else ''}")
         for iid in self.order:
             if iid in states and states[iid] == "InService":
                 self.inservice_since.setdefault(iid, time.monotonic())
@@ -636,7 +689,7 @@ class World:
                 legit = (
                     iid is None
                     or iid not in states
-                    or states[iid].startswith("Terminating")
+                    or states[iid].startswith(("Terminating", "Warmed:"))  # leaving, or in a pool
                     or not self.exists(iid)
                 )
                 if not legit:
@@ -756,6 +809,8 @@ class World:
             iid = self.instance_of(m)
             if iid is None or not self.exists(iid):
                 out.append(f"member {m.name or m.id} of terminated instance {iid} not removed")
+            elif self.warm_state(iid) == WARM_STOPPED:
+                out.append(f"member {m.name or m.id} of {iid}, stopped in the warm pool, not removed")
         for m in snap.voters:
             if m.id not in snap.healthy:
                 out.append(f"voting member {m.name} unhealthy")
