@@ -137,12 +137,12 @@ impl EtcdMembership {
         urls: &[String],
         deadline: &Deadline,
         op: &F,
-    ) -> Result<T, Failure>
+    ) -> Result<T, PassFailure>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, OpError>>,
     {
-        let mut misses: Vec<(String, Miss)> = Vec::new();
+        let mut misses: Vec<(String, EndpointMiss)> = Vec::new();
         for url in self.ordered(urls) {
             let left = deadline
                 .work_until()
@@ -153,7 +153,7 @@ impl EtcdMembership {
             let client = match self.connect(&url, left).await {
                 Ok(client) => client,
                 Err(e) => {
-                    misses.push((url, Miss::Unusable(describe(&e))));
+                    misses.push((url, EndpointMiss::Unusable(describe(&e))));
                     continue;
                 }
             };
@@ -170,18 +170,21 @@ impl EtcdMembership {
                     self.note_answer(&url, true);
                     return Ok(value);
                 }
-                Err(OpError::Silent(detail)) => Miss::Silent(detail),
-                Err(OpError::Stale(detail)) => Miss::Stale(detail),
-                Err(OpError::Odd(detail)) => Miss::Final(Failure::Rejected {
+                Err(OpError::Silent(detail)) => EndpointMiss::Silent(detail),
+                Err(OpError::Stale(detail)) => EndpointMiss::Stale(detail),
+                Err(OpError::Malformed(detail)) => EndpointMiss::Final(PassFailure::Rejected {
                     detail: format!("{url} answered: {detail}"),
                 }),
-                Err(OpError::Locked(waited)) => Miss::Final(Failure::Locked { waited }),
+                Err(OpError::Locked(waited)) => EndpointMiss::Final(PassFailure::Locked { waited }),
                 Err(OpError::Etcd(e)) => sort_error(&url, &e),
             };
-            self.note_answer(&url, !matches!(miss, Miss::Silent(_) | Miss::Tls(_)));
+            self.note_answer(
+                &url,
+                !matches!(miss, EndpointMiss::Silent(_) | EndpointMiss::Tls(_)),
+            );
             tracing::debug!(endpoint = %url, miss = ?miss, "etcd endpoint gave no usable answer");
             match miss {
-                Miss::Final(failure) => return Err(failure),
+                EndpointMiss::Final(failure) => return Err(failure),
                 miss => misses.push((url, miss)),
             }
         }
@@ -212,7 +215,7 @@ impl EtcdMembership {
         urls: &[String],
         deadline: &Deadline,
         op: &F,
-    ) -> Result<T, CallError<Failure>>
+    ) -> Result<T, CallError<PassFailure>>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, OpError>>,

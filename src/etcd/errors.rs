@@ -29,7 +29,7 @@ pub(super) enum OpError {
     /// The answer came from a member that is no longer in the cluster.
     Stale(String),
     /// An answer that makes no sense (a missing field).
-    Odd(String),
+    Malformed(String),
     /// The lock was not free within this wait.
     Locked(Duration),
 }
@@ -42,7 +42,7 @@ impl From<etcd_client::Error> for OpError {
 
 /// Why one endpoint gave no usable answer.
 #[derive(Debug)]
-pub(super) enum Miss {
+pub(super) enum EndpointMiss {
     /// It did not answer: connection refused, timed out or dropped.
     Silent(String),
     /// The TLS handshake failed.
@@ -56,12 +56,12 @@ pub(super) enum Miss {
     /// No client could be built for it (a malformed URL).
     Unusable(String),
     /// An answer that ends the call.
-    Final(Failure),
+    Final(PassFailure),
 }
 
 /// One failed attempt of a cluster-level call, as the resilience layer sees it.
 #[derive(Debug)]
-pub(super) enum Failure {
+pub(super) enum PassFailure {
     /// No endpoint answered. Transient: counted by the breaker.
     Unreachable { endpoints: String, detail: String },
     /// etcd answered with transient errors only. Transient.
@@ -87,10 +87,10 @@ pub(super) enum Failure {
     OutOfTime,
 }
 
-impl Classify for Failure {
+impl Classify for PassFailure {
     fn class(&self) -> Class {
         match self {
-            Failure::Unreachable { .. } | Failure::Busy { .. } => Class::Transient,
+            PassFailure::Unreachable { .. } | PassFailure::Busy { .. } => Class::Transient,
             _ => Class::Permanent,
         }
     }
@@ -108,13 +108,15 @@ pub(super) enum Refusals {
 /// before `until`: pauses and answers `true` (try again). Otherwise `false`: the result stands.
 pub(super) async fn paused_for_not_now<T>(
     operation: &'static str,
-    result: &Result<T, CallError<Failure>>,
+    result: &Result<T, CallError<PassFailure>>,
     refusals: Refusals,
     until: Instant,
 ) -> bool {
     let not_now = match result.as_ref().err().and_then(CallError::source_error) {
-        Some(Failure::NoLeader { detail }) => Some(("etcd has no leader (an election)", detail)),
-        Some(Failure::Refused {
+        Some(PassFailure::NoLeader { detail }) => {
+            Some(("etcd has no leader (an election)", detail))
+        }
+        Some(PassFailure::Refused {
             detail,
             for_now: true,
         }) if refusals == Refusals::Wait => Some(("etcd refused the change for now", detail)),
@@ -131,47 +133,47 @@ pub(super) async fn paused_for_not_now<T>(
 }
 
 /// What a pass over the endpoints amounts to when none gave a usable answer.
-pub(super) fn summarize(urls: &[String], misses: Vec<(String, Miss)>) -> Failure {
+pub(super) fn summarize(urls: &[String], misses: Vec<(String, EndpointMiss)>) -> PassFailure {
     if misses.is_empty() {
-        return Failure::OutOfTime;
+        return PassFailure::OutOfTime;
     }
     let detail = misses
         .iter()
         .map(|(url, miss)| match miss {
-            Miss::Silent(d)
-            | Miss::Tls(d)
-            | Miss::Stale(d)
-            | Miss::Busy(d)
-            | Miss::NoLeader(d)
-            | Miss::Unusable(d) => {
+            EndpointMiss::Silent(d)
+            | EndpointMiss::Tls(d)
+            | EndpointMiss::Stale(d)
+            | EndpointMiss::Busy(d)
+            | EndpointMiss::NoLeader(d)
+            | EndpointMiss::Unusable(d) => {
                 format!("{url}: {d}")
             }
-            Miss::Final(f) => format!("{url}: {f:?}"),
+            EndpointMiss::Final(f) => format!("{url}: {f:?}"),
         })
         .collect::<Vec<_>>()
         .join("; ");
-    let any = |pred: fn(&Miss) -> bool| misses.iter().any(|(_, m)| pred(m));
-    if any(|m| matches!(m, Miss::Busy(_))) {
-        Failure::Busy { detail }
-    } else if any(|m| matches!(m, Miss::NoLeader(_))) {
-        Failure::NoLeader { detail }
-    } else if any(|m| matches!(m, Miss::Tls(_))) {
-        Failure::Tls { detail }
-    } else if any(|m| matches!(m, Miss::Silent(_) | Miss::Stale(_))) {
-        Failure::Unreachable {
+    let any = |pred: fn(&EndpointMiss) -> bool| misses.iter().any(|(_, m)| pred(m));
+    if any(|m| matches!(m, EndpointMiss::Busy(_))) {
+        PassFailure::Busy { detail }
+    } else if any(|m| matches!(m, EndpointMiss::NoLeader(_))) {
+        PassFailure::NoLeader { detail }
+    } else if any(|m| matches!(m, EndpointMiss::Tls(_))) {
+        PassFailure::Tls { detail }
+    } else if any(|m| matches!(m, EndpointMiss::Silent(_) | EndpointMiss::Stale(_))) {
+        PassFailure::Unreachable {
             endpoints: urls.join(","),
             detail,
         }
     } else {
-        Failure::Unusable { detail }
+        PassFailure::Unusable { detail }
     }
 }
 
 /// Sorts an etcd client error from `url` into "move on to the next endpoint" or "stop".
-pub(super) fn sort_error(url: &str, e: &etcd_client::Error) -> Miss {
+pub(super) fn sort_error(url: &str, e: &etcd_client::Error) -> EndpointMiss {
     let detail = describe(e);
     if is_refusal(e) {
-        return Miss::Final(Failure::Refused {
+        return EndpointMiss::Final(PassFailure::Refused {
             detail: format!("{url} answered {detail}: {}", refusal_meaning(e)),
             for_now: grpc_message(e).contains("unhealthy cluster"),
         });
@@ -180,23 +182,23 @@ pub(super) fn sort_error(url: &str, e: &etcd_client::Error) -> Miss {
         .iter()
         .any(|m| grpc_message(e).contains(m))
     {
-        return Miss::Final(Failure::WritesRefused {
+        return EndpointMiss::Final(PassFailure::WritesRefused {
             detail: format!("{url} answered {detail}"),
         });
     }
     if !answered_by_etcd(e) {
         return if looks_like_tls(&detail) {
-            Miss::Tls(detail)
+            EndpointMiss::Tls(detail)
         } else {
-            Miss::Silent(detail)
+            EndpointMiss::Silent(detail)
         };
     }
     if grpc_message(e).contains("no leader") {
-        return Miss::NoLeader(detail);
+        return EndpointMiss::NoLeader(detail);
     }
     match e.class() {
-        Class::Transient => Miss::Busy(detail),
-        Class::Permanent => Miss::Final(Failure::Rejected {
+        Class::Transient => EndpointMiss::Busy(detail),
+        Class::Permanent => EndpointMiss::Final(PassFailure::Rejected {
             detail: format!("{url} answered {detail}"),
         }),
     }

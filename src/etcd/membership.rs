@@ -78,7 +78,7 @@ impl EtcdMembership {
                             errors: status.errors().to_vec(),
                         }));
                     }
-                    Ok(Err(e)) if matches!(sort_error(url, &e), Miss::NoLeader(_)) => {
+                    Ok(Err(e)) if matches!(sort_error(url, &e), EndpointMiss::NoLeader(_)) => {
                         return Ok(StatusAnswer::NoLeader);
                     }
                     Ok(Err(e)) => last = Unanswered::Silent(format!("{url}: {}", describe(&e))),
@@ -181,7 +181,7 @@ impl EtcdMembership {
     pub(super) fn membership_error(
         &self,
         operation: &'static str,
-        error: CallError<Failure>,
+        error: CallError<PassFailure>,
     ) -> MembershipError {
         let failed = |detail: String| MembershipError::Failed { operation, detail };
         let (failure, attempts) = match error {
@@ -199,22 +199,22 @@ impl EtcdMembership {
         };
         let tries = attempts.map_or(String::new(), |n| format!(" ({n} attempt(s))"));
         match failure {
-            Failure::Unreachable { endpoints, detail } => MembershipError::Unreachable {
+            PassFailure::Unreachable { endpoints, detail } => MembershipError::Unreachable {
                 endpoints,
                 detail: format!("{detail}{tries}"),
             },
-            Failure::Refused { detail, .. } => MembershipError::Refused { detail },
-            Failure::WritesRefused { detail } => MembershipError::WritesRefused { detail },
-            Failure::NoLeader { detail } => MembershipError::NoLeader { detail },
-            Failure::Locked { waited } => MembershipError::Locked {
+            PassFailure::Refused { detail, .. } => MembershipError::Refused { detail },
+            PassFailure::WritesRefused { detail } => MembershipError::WritesRefused { detail },
+            PassFailure::NoLeader { detail } => MembershipError::NoLeader { detail },
+            PassFailure::Locked { waited } => MembershipError::Locked {
                 name: LOCK_NAME.to_string(),
                 waited_ms: waited.as_millis(),
             },
-            Failure::Busy { detail } => failed(format!(
+            PassFailure::Busy { detail } => failed(format!(
                 "{detail}{tries}; etcd answered but could not serve the request (electing a leader or overloaded): retry later"
             )),
-            Failure::Rejected { detail } => failed(detail),
-            Failure::Tls { detail } => {
+            PassFailure::Rejected { detail } => failed(detail),
+            PassFailure::Tls { detail } => {
                 let hint = if self.tls_files.ca.is_some() {
                     "check that ETCD_CA_FILE is the CA that signed the etcd server certificates, that those certificates name the addresses used, and that ETCD_CERT_FILE/ETCD_KEY_FILE hold a client certificate that etcd's --trusted-ca-file trusts"
                 } else {
@@ -222,10 +222,10 @@ impl EtcdMembership {
                 };
                 failed(format!("TLS failed with every endpoint: {detail}; {hint}"))
             }
-            Failure::Unusable { detail } => failed(format!(
+            PassFailure::Unusable { detail } => failed(format!(
                 "{detail}; check ETCD_ENDPOINTS and the client URLs the members advertise"
             )),
-            Failure::OutOfTime => failed(
+            PassFailure::OutOfTime => failed(
                 "the invocation's time ran out before etcd could be asked (DEADLINE_RESERVE_MS is kept for the lifecycle action)"
                     .to_string(),
             ),
@@ -481,7 +481,7 @@ impl Membership for EtcdMembership {
                 let options = MemberAddOptions::new().with_is_learner();
                 match client.member_add([peer.as_str()], Some(options)).await {
                     Ok(answer) => answer.member().map(|m| m.id()).ok_or_else(|| {
-                        OpError::Odd("MemberAdd answered without the new member".into())
+                        OpError::Malformed("MemberAdd answered without the new member".into())
                     }),
                     Err(e) if is_already_added(&e) => {
                         // Added by an earlier try (whose answer may have been lost): find it.

@@ -238,7 +238,7 @@ fn etcd_errors_are_sorted_into_move_on_or_stop() {
 
     let refused = sorted(status(Code::Unavailable, "etcdserver: unhealthy cluster"));
     assert!(
-        matches!(&refused, Miss::Final(Failure::Refused { detail, for_now: true })
+        matches!(&refused, EndpointMiss::Final(PassFailure::Refused { detail, for_now: true })
             if detail.contains("unhealthy cluster") && detail.contains("strict reconfig check")),
         "{refused:?}"
     );
@@ -247,34 +247,37 @@ fn etcd_errors_are_sorted_into_move_on_or_stop() {
         "etcdserver: too many learner members in cluster",
     ));
     assert!(
-        matches!(&learners, Miss::Final(Failure::Refused { detail, for_now: false }) if detail.contains("one learner at a time")),
+        matches!(&learners, EndpointMiss::Final(PassFailure::Refused { detail, for_now: false }) if detail.contains("one learner at a time")),
         "{learners:?}"
     );
 
     let busy = sorted(status(Code::Unavailable, "etcdserver: leader changed"));
-    assert!(matches!(busy, Miss::Busy(_)), "{busy:?}");
+    assert!(matches!(busy, EndpointMiss::Busy(_)), "{busy:?}");
     let leaderless = sorted(status(Code::Unavailable, "etcdserver: no leader"));
-    assert!(matches!(leaderless, Miss::NoLeader(_)), "{leaderless:?}");
+    assert!(
+        matches!(leaderless, EndpointMiss::NoLeader(_)),
+        "{leaderless:?}"
+    );
     let silent = sorted(status(Code::Unavailable, "tcp connect error"));
-    assert!(matches!(silent, Miss::Silent(_)), "{silent:?}");
+    assert!(matches!(silent, EndpointMiss::Silent(_)), "{silent:?}");
     let timeout = sorted(status(Code::Cancelled, "Timeout expired"));
-    assert!(matches!(timeout, Miss::Silent(_)), "{timeout:?}");
+    assert!(matches!(timeout, EndpointMiss::Silent(_)), "{timeout:?}");
     let io = sorted(etcd_client::Error::IoError(std::io::Error::from(
         std::io::ErrorKind::ConnectionRefused,
     )));
-    assert!(matches!(io, Miss::Silent(_)), "{io:?}");
+    assert!(matches!(io, EndpointMiss::Silent(_)), "{io:?}");
     let tls = sorted(status(
         Code::Unavailable,
         "invalid peer certificate: UnknownIssuer",
     ));
-    assert!(matches!(tls, Miss::Tls(_)), "{tls:?}");
+    assert!(matches!(tls, EndpointMiss::Tls(_)), "{tls:?}");
 
     let denied = sorted(status(
         Code::PermissionDenied,
         "etcdserver: permission denied",
     ));
     assert!(
-        matches!(&denied, Miss::Final(Failure::Rejected { detail })
+        matches!(&denied, EndpointMiss::Final(PassFailure::Rejected { detail })
             if detail == "https://10.0.0.1:2379 answered PermissionDenied \"etcdserver: permission denied\""),
         "{denied:?}"
     );
@@ -300,45 +303,51 @@ fn etcd_errors_are_sorted_into_move_on_or_stop() {
 #[test]
 fn a_pass_with_no_answer_is_summarized_by_its_most_telling_miss() {
     let urls = ["a".to_string(), "b".to_string()];
-    let silent = || Miss::Silent("refused".into());
-    let summary = |misses: Vec<Miss>| {
+    let silent = || EndpointMiss::Silent("refused".into());
+    let summary = |misses: Vec<EndpointMiss>| {
         summarize(
             &urls,
             urls.iter()
                 .cloned()
                 .zip(misses)
-                .collect::<Vec<(String, Miss)>>(),
+                .collect::<Vec<(String, EndpointMiss)>>(),
         )
     };
 
     let failure = summary(vec![silent(), silent()]);
     assert!(
-        matches!(&failure, Failure::Unreachable { endpoints, detail }
+        matches!(&failure, PassFailure::Unreachable { endpoints, detail }
             if endpoints == "a,b" && detail == "a: refused; b: refused"),
         "{failure:?}"
     );
     assert_eq!(failure.class(), Class::Transient);
 
-    let failure = summary(vec![silent(), Miss::Busy("leader changed".into())]);
-    assert!(matches!(failure, Failure::Busy { .. }), "{failure:?}");
+    let failure = summary(vec![silent(), EndpointMiss::Busy("leader changed".into())]);
+    assert!(matches!(failure, PassFailure::Busy { .. }), "{failure:?}");
     assert_eq!(failure.class(), Class::Transient);
 
     // One member gone, the other has no leader: the cluster has no quorum. That is an answer
     // about the cluster, not a failure of etcd as a dependency.
-    let failure = summary(vec![silent(), Miss::NoLeader("no leader".into())]);
-    assert!(matches!(failure, Failure::NoLeader { .. }), "{failure:?}");
+    let failure = summary(vec![silent(), EndpointMiss::NoLeader("no leader".into())]);
+    assert!(
+        matches!(failure, PassFailure::NoLeader { .. }),
+        "{failure:?}"
+    );
     assert_eq!(failure.class(), Class::Permanent);
 
     // One member gone, the others turn the certificate down: a configuration problem.
-    let failure = summary(vec![silent(), Miss::Tls("UnknownIssuer".into())]);
-    assert!(matches!(failure, Failure::Tls { .. }), "{failure:?}");
+    let failure = summary(vec![silent(), EndpointMiss::Tls("UnknownIssuer".into())]);
+    assert!(matches!(failure, PassFailure::Tls { .. }), "{failure:?}");
     assert_eq!(failure.class(), Class::Permanent);
 
-    let failure = summary(vec![Miss::Unusable("invalid uri".into())]);
-    assert!(matches!(failure, Failure::Unusable { .. }), "{failure:?}");
-    assert!(matches!(summary(Vec::new()), Failure::OutOfTime));
+    let failure = summary(vec![EndpointMiss::Unusable("invalid uri".into())]);
+    assert!(
+        matches!(failure, PassFailure::Unusable { .. }),
+        "{failure:?}"
+    );
+    assert!(matches!(summary(Vec::new()), PassFailure::OutOfTime));
     assert_eq!(
-        Failure::Refused {
+        PassFailure::Refused {
             detail: String::new(),
             for_now: true,
         }

@@ -212,7 +212,10 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             Invocation::Direct(messages) => {
                 let mut results = Vec::new();
                 for message in messages {
-                    results.extend(self.message(message, &deadline, &mut metrics).await?);
+                    results.extend(
+                        self.handle_message(message, &deadline, &mut metrics)
+                            .await?,
+                    );
                 }
                 let errors: Vec<HandlerError> =
                     results.iter().filter_map(|r| r.error.clone()).collect();
@@ -243,7 +246,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                         Ok(messages) => {
                             let mut failed = false;
                             for message in messages {
-                                match self.message(message, &deadline, &mut metrics).await {
+                                match self.handle_message(message, &deadline, &mut metrics).await {
                                     Ok(rs) => {
                                         failed |= rs.iter().any(|r| r.error.is_some());
                                         results.extend(rs);
@@ -293,7 +296,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         summary
     }
 
-    async fn message(
+    async fn handle_message(
         &self,
         message: Message,
         deadline: &Deadline,
@@ -513,7 +516,8 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 }
                 Ok(Heartbeat::ActionOver) => {}
                 Err(e) => {
-                    let heartbeat_error = aws_error(&target.group, &target.instance_id, &e);
+                    let heartbeat_error =
+                        error_for_aws_failure(&target.group, &target.instance_id, &e);
                     result.detail = format!("{reason}; and the heartbeat failed: {e}");
                     let error = match (error, heartbeat_error) {
                         (Some(HandlerError::CircuitOpen(open)), _)
@@ -562,7 +566,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 }
                 Ok(Completion::AlreadyDone) => metrics.completed("ALREADY_DONE"),
                 Err(e) => {
-                    let error = aws_error(&target.group, &target.instance_id, &e);
+                    let error = error_for_aws_failure(&target.group, &target.instance_id, &e);
                     result.detail = format!("{}; completion failed: {e}", result.detail);
                     return fail(result, error);
                 }
@@ -628,7 +632,9 @@ fn fail(mut result: InstanceResult, error: HandlerError) -> InstanceResult {
     result
 }
 
-fn aws_error(group: &str, instance_id: &str, e: &AwsError) -> HandlerError {
+/// The invocation's error for a failed AWS call (`aws::aws_error` made the `AwsError`): an open
+/// circuit stays one, anything else names the instance and group it failed for.
+fn error_for_aws_failure(group: &str, instance_id: &str, e: &AwsError) -> HandlerError {
     match e {
         AwsError::CircuitOpen(open) => HandlerError::CircuitOpen(*open),
         other => HandlerError::Failed {

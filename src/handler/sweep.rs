@@ -16,7 +16,7 @@
 //! which, so it takes the terminate flow on the hooks of both transitions (`WaitingOn`): with no
 //! member it completes them all, and while the removal is unsafe it holds them all.
 
-use super::{aws_error, fail, Handler, HandlerError, InstanceResult, Target};
+use super::{error_for_aws_failure, fail, Handler, HandlerError, InstanceResult, Target};
 use crate::membership::{find_member, identity, Identity};
 use crate::metrics::InvocationMetrics;
 use crate::model::{
@@ -112,7 +112,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                     .collect();
                 Ok((lifecycle, waiters))
             }
-            Err(e) => Err(fail(failed(), aws_error(group, "", &e))),
+            Err(e) => Err(fail(failed(), error_for_aws_failure(group, "", &e))),
         };
         Listed { group, found }
     }
@@ -188,7 +188,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         let groups = self.config.cluster_groups(group);
         let instances = match self.fleet.group_instances(&groups, deadline).await {
             Ok(instances) => instances,
-            Err(e) => return fail(result, aws_error(group, "", &e)),
+            Err(e) => return fail(result, error_for_aws_failure(group, "", &e)),
         };
         let lock = match self.membership.lock(&instances, deadline).await {
             Ok(lock) => lock,
