@@ -406,12 +406,14 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         }
     }
 
-    /// Removes one member under the quorum check, moving leadership away first if it leads.
-    /// The caller holds the membership lock and read `view` under it.
+    /// Removes one member under the quorum check and the voter floor `min_voters`, moving
+    /// leadership away first if it leads. The caller holds the membership lock and read `view`
+    /// under it.
     async fn remove_member(
         &self,
         view: &ClusterView,
         member: &Member,
+        min_voters: u32,
         deadline: &Deadline,
         metrics: &mut InvocationMetrics,
     ) -> RemovalOutcome {
@@ -425,7 +427,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 error: None,
             };
         }
-        let verdict = quorum_after_removal(view, member.id, self.config.etcd_min_voters);
+        let verdict = quorum_after_removal(view, member.id, min_voters);
         let harm = match &verdict {
             Verdict::Safe { .. } => None,
             Verdict::Unsafe { .. } => Some("would break quorum"),

@@ -103,7 +103,16 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 stale_left = true;
                 break;
             }
-            match self.remove_member(&view, &stale, deadline, metrics).await {
+            match self
+                .remove_member(
+                    &view,
+                    &stale,
+                    self.config.etcd_min_voters,
+                    deadline,
+                    metrics,
+                )
+                .await
+            {
                 RemovalOutcome::Removed { .. } => {
                     removed += 1;
                     notes.push(format!(

@@ -157,3 +157,45 @@ fn a_reserve_at_or_above_the_time_an_invocation_has_is_refused() {
     assert!(super::check_reserve(Duration::from_secs(30), Duration::from_millis(4500)).is_ok());
     assert!(super::check_reserve(Duration::from_secs(3), Duration::from_secs(3)).is_err());
 }
+
+/// Two voters, one of them a Spot instance being interrupted: kept, its machine goes in two
+/// minutes and the survivor has no quorum (one of two); removed, the survivor is a quorum of
+/// one. The voter floor does not hold a confirmed interruption back; a plain scale-in at the
+/// floor is still held, and the last voter is never removed.
+#[tokio::test(start_paused = true)]
+async fn a_confirmed_spot_interruption_at_the_voter_floor_is_removed() {
+    let two_voters = || {
+        let mut world = World::three_nodes().view_with(|v| {
+            v.members.truncate(2);
+            v.healthy.truncate(2);
+        });
+        world.instances.truncate(2);
+        world.instances[1].spot = true;
+        world.instances[1].state = "shutting-down".into();
+        world
+    };
+    let (h, calls, _) = two_voters().build();
+    let out = h.handle(&terminate(2), minute()).await.expect("completed");
+    assert_eq!(out["results"][0]["member_removed"], true, "{out}");
+    assert!(calls.all().iter().any(|c| c.contains("MemberRemove")));
+
+    let mut scaled_in = two_voters();
+    scaled_in.instances[1].spot = false;
+    scaled_in.instances[1].state = "running".into();
+    let (h, calls, _) = scaled_in.build();
+    let reason = held_reason(h.handle(&terminate(2), minute()).await);
+    assert!(reason.contains("ETCD_MIN_VOTERS"), "{reason}");
+    assert!(!calls.all().iter().any(|c| c.contains("MemberRemove")));
+
+    let mut last = two_voters().view_with(|v| {
+        v.members.truncate(1);
+        v.members[0] = member(2);
+        v.healthy = vec![member(2).id];
+        v.leader = Some(member(2).id);
+    });
+    last.instances.remove(0);
+    let (h, calls, _) = last.build();
+    let out = h.handle(&terminate(2), minute()).await.expect("let go");
+    assert_eq!(out["results"][0]["member_removed"], false, "{out}");
+    assert!(!calls.all().iter().any(|c| c.contains("MemberRemove")));
+}

@@ -55,10 +55,19 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             }
         };
         let interrupted = self.spot_interruption(&instance, target.deadline).await;
+        // A confirmed interruption takes the machine in two minutes whatever is decided: its
+        // member kept, a cluster at the voter floor loses quorum then (two voters, one gone);
+        // removed, it keeps a quorum of the voters left. So the floor does not hold it back;
+        // quorum still does, and the last voter is never removed.
+        let floor = if interrupted.is_some() {
+            1
+        } else {
+            self.config.etcd_min_voters
+        };
         let started = Instant::now();
         loop {
             let (mut notes, decision) = self
-                .decide_removal(&instances, &instance, target.deadline, metrics)
+                .decide_removal(&instances, &instance, floor, target.deadline, metrics)
                 .await;
             match decision {
                 Decision::Done {
@@ -223,6 +232,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         &self,
         instances: &[Instance],
         instance: &Instance,
+        min_voters: u32,
         deadline: &Deadline,
         metrics: &mut InvocationMetrics,
     ) -> (Vec<String>, Decision) {
@@ -250,7 +260,9 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                         .await,
                 ),
                 Some(member) => {
-                    let outcome = self.remove_member(&view, member, deadline, metrics).await;
+                    let outcome = self
+                        .remove_member(&view, member, min_voters, deadline, metrics)
+                        .await;
                     (notes, decision_from(member, outcome))
                 }
             },

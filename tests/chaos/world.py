@@ -44,8 +44,10 @@ Invariants (a violation names the step, the invariant and what was seen):
   the group, refresh, Spot interruption): nothing else (a launch, a sweep, another group's
   event) removes a live member;
 * the voter floor: a step that removes a voter never leaves fewer voting members than
-  `ETCD_MIN_VOTERS` (default 2); the chaos itself never removes a member (it only stops, pauses
-  and kills nodes), so a membership below the floor is always the function's doing;
+  `ETCD_MIN_VOTERS` (default 2), unless every voter it removed is a Spot instance whose
+  interruption was confirmed (its member kept, a cluster at the floor loses quorum when the
+  machine goes) and at least one voter is left; the chaos itself never removes a member (it only
+  stops, pauses and kills nodes), so a membership below the floor is always the function's doing;
 * another tool's hook untouched: no `CompleteLifecycleAction` or
   `RecordLifecycleActionHeartbeat` is ever made (or even attempted) on a hook that is not
   ours, except the other tool's own completions, which the world makes in-process;
@@ -698,8 +700,17 @@ class World:
                     where = f"{iid} of {self.group_of(iid)} ({states.get(iid)}, {self.ec2_state(iid)})" if iid else "no instance"
                     self.violate("healthy-removal", f"member {m.name or m.id} answered Status and was removed without its instance's terminate: {where}")
             floor = self.floor()
+            after_voters = {m.id for m in after.voters}
+            gone_voters = [m for m in before.voters if m.id not in after_voters]
+            # A confirmed Spot interruption may go below the floor (never to zero): kept, its
+            # machine goes in two minutes anyway and a cluster at the floor loses quorum.
+            interrupted = bool(gone_voters) and all(self.instance_of(m) in self.spot_noticed for m in gone_voters)
             if len(after.voters) < floor and len(after.voters) < len(before.voters):
-                self.violate("min-voters", f"{len(before.voters)} voters -> {len(after.voters)}, below ETCD_MIN_VOTERS={floor}: before {before.describe()}; after {after.describe()}")
+                if interrupted and after.voters:
+                    self.stats["below_floor_for_spot_interruption"] += 1
+                    self.note(f"below the voter floor for a confirmed Spot interruption: {before.describe()} -> {after.describe()}")
+                else:
+                    self.violate("min-voters", f"{len(before.voters)} voters -> {len(after.voters)}, below ETCD_MIN_VOTERS={floor}: before {before.describe()}; after {after.describe()}")
         self.check_foreign()
         now = time.time()
         active = {a.token: a for a in self.stack.aws.active_actions()}
@@ -772,7 +783,10 @@ class World:
                 break  # out of time, or nothing has moved for STUCK_S: the verdict stands
             time.sleep(1.0)
         snap = self.snapshot()
-        if self.stats.get("quorum_lost_to_spot_reclaim") and not snap.quorate:
+        reclaimed_voter_down = any(
+            m.id not in snap.healthy and self.instance_of(m) in self.spot_noticed for m in snap.voters
+        ) if snap.members is not None else False
+        if (self.stats.get("quorum_lost_to_spot_reclaim") or reclaimed_voter_down) and not snap.quorate:
             # AWS reclaimed an interrupted Spot voter whose removal was unsafe (the function
             # completes such a hook with the member kept: no hold can stop an interruption), and
             # that took quorum: only disaster recovery finishes from here. Removals were checked

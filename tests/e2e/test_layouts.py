@@ -244,6 +244,24 @@ class SpotTest(LayoutCase):
         self.assertMember(spot)
         self.assertEqual(self.members(), sorted(stack.instance_ids))
 
+    def test_a_confirmed_interruption_at_the_voter_floor_is_removed_rather_than_cost_quorum(self):
+        """Two voters left (the floor), one a Spot instance being interrupted: kept, its machine
+        goes in two minutes and the survivor is one of two, without quorum; so it is removed."""
+        stack = self.stack
+        first, spot = stack.followers()
+        self.deliver_until_done(stack.eventbridge(stack.start_terminate(first)))
+        self.assertMember(first, present=False)
+
+        stack.make_spot(spot)
+        action = stack.start_terminate(spot)
+        stack.interrupt_spot(spot)
+        ok, payload = self.invoke(stack.eventbridge(action), timeout_ms=60_000)
+
+        payload = self.assertSucceeded(ok, payload)
+        self.assertResult(payload, spot, "completed", "CONTINUE", member_removed=True)
+        self.assertMember(spot, present=False)
+        self.assertCompleted(action, "CONTINUE")
+
     def test_a_confirmed_interruption_is_not_held_the_removal_is_retried_until_it_is_done(self):
         self.interrupted_while_a_peer_is_down(shutting_down=False)
 
