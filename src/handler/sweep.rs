@@ -54,8 +54,13 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         for group in &self.config.asg_names {
             listed.push(self.list_group(group, deadline).await);
         }
-        if listed.iter().filter(|l| l.found.is_ok()).count() > 1 {
-            for waiter in listed.iter().flat_map(|l| l.waiters()) {
+        // With more than one instance waiting (in any group), each is heartbeated before any
+        // work: holds under a quorum loss take seconds each (the lock's wait), and the last in
+        // line must not time out behind the others (seen in chaos: 7 held instances, the sweep's
+        // time spent before the last one's turn). One alone gets its heartbeat from its own flow.
+        let waiting: Vec<_> = listed.iter().flat_map(|l| l.waiters()).collect();
+        if waiting.len() > 1 {
+            for waiter in waiting {
                 self.keep_waiting(&waiter.target, metrics).await;
             }
         }
