@@ -104,6 +104,28 @@ impl Lifecycle for AutoScalingLifecycle {
         group: &str,
         deadline: &Deadline,
     ) -> Result<GroupLifecycle, AwsError> {
+        let mut lifecycle = GroupLifecycle {
+            hooks: self.our_hooks(group, deadline).await?,
+            ..GroupLifecycle::default()
+        };
+        let found = self
+            .file_group_instances(group, &mut lifecycle, deadline)
+            .await?;
+        // Warm-pool instances are not the group's: only DescribeWarmPool lists them, with the
+        // same lifecycle states (`Warmed:Pending:Wait`, `Warmed:Terminating:Wait`, ...). A group
+        // without a warm pool answers no instances (and no `WarmPoolConfiguration`); a group that
+        // does not exist has no warm pool to ask about.
+        if found {
+            self.file_warm_pool_instances(group, &mut lifecycle, deadline)
+                .await?;
+        }
+        Ok(lifecycle)
+    }
+}
+
+impl AutoScalingLifecycle {
+    /// The group's lifecycle hooks that are ours (`LIFECYCLE_HOOK_NAMES`, or all when unset).
+    async fn our_hooks(&self, group: &str, deadline: &Deadline) -> Result<Vec<Hook>, AwsError> {
         let hooks = self
             .resilience
             .call(Dependency::Autoscaling, deadline, || {
@@ -114,7 +136,7 @@ impl Lifecycle for AutoScalingLifecycle {
             })
             .await
             .map_err(|e| aws_error("autoscaling:DescribeLifecycleHooks", e))?;
-        let hooks = hooks
+        Ok(hooks
             .lifecycle_hooks()
             .iter()
             .filter_map(|h| {
@@ -127,12 +149,16 @@ impl Lifecycle for AutoScalingLifecycle {
                 Some(Hook { name, transition })
             })
             .filter(|h| self.hook_names.is_empty() || self.hook_names.contains(&h.name))
-            .collect();
+            .collect())
+    }
 
-        let mut lifecycle = GroupLifecycle {
-            hooks,
-            ..GroupLifecycle::default()
-        };
+    /// Files every page of the group's own instances; `false` when AWS does not list the group.
+    async fn file_group_instances(
+        &self,
+        group: &str,
+        lifecycle: &mut GroupLifecycle,
+        deadline: &Deadline,
+    ) -> Result<bool, AwsError> {
         let mut found = false;
         let mut next_token: Option<String> = None;
         loop {
@@ -151,45 +177,47 @@ impl Lifecycle for AutoScalingLifecycle {
                 found = true;
                 for i in g.instances() {
                     if let (Some(id), Some(state)) = (i.instance_id(), i.lifecycle_state()) {
-                        file_instance(&mut lifecycle, id, state.as_str());
+                        file_instance(lifecycle, id, state.as_str());
                     }
                 }
             }
             match page.next_token() {
                 Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
-                _ => break,
+                _ => return Ok(found),
             }
         }
-        // Warm-pool instances are not the group's: only DescribeWarmPool lists them, with the
-        // same lifecycle states (`Warmed:Pending:Wait`, `Warmed:Terminating:Wait`, ...). A group
-        // without a warm pool answers no instances (and no `WarmPoolConfiguration`); a group that
-        // does not exist has no warm pool to ask about.
-        if found {
-            let mut next_token: Option<String> = None;
-            loop {
-                let page = self
-                    .resilience
-                    .call(Dependency::Autoscaling, deadline, || {
-                        self.client
-                            .describe_warm_pool()
-                            .auto_scaling_group_name(group)
-                            .set_next_token(next_token.clone())
-                            .send()
-                    })
-                    .await
-                    .map_err(|e| aws_error("autoscaling:DescribeWarmPool", e))?;
-                for i in page.instances() {
-                    if let (Some(id), Some(state)) = (i.instance_id(), i.lifecycle_state()) {
-                        file_instance(&mut lifecycle, id, state.as_str());
-                    }
-                }
-                match page.next_token() {
-                    Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
-                    _ => break,
+    }
+
+    /// Files every page of the group's warm pool.
+    async fn file_warm_pool_instances(
+        &self,
+        group: &str,
+        lifecycle: &mut GroupLifecycle,
+        deadline: &Deadline,
+    ) -> Result<(), AwsError> {
+        let mut next_token: Option<String> = None;
+        loop {
+            let page = self
+                .resilience
+                .call(Dependency::Autoscaling, deadline, || {
+                    self.client
+                        .describe_warm_pool()
+                        .auto_scaling_group_name(group)
+                        .set_next_token(next_token.clone())
+                        .send()
+                })
+                .await
+                .map_err(|e| aws_error("autoscaling:DescribeWarmPool", e))?;
+            for i in page.instances() {
+                if let (Some(id), Some(state)) = (i.instance_id(), i.lifecycle_state()) {
+                    file_instance(lifecycle, id, state.as_str());
                 }
             }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                _ => return Ok(()),
+            }
         }
-        Ok(lifecycle)
     }
 }
 

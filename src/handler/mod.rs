@@ -447,35 +447,17 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             };
         }
         let mut view = view.clone();
-        let mut leader_moved = false;
-        if view.leader == Some(member.id) && view.members.len() > 1 {
-            let Some(to) = leader_candidate(&view, member.id) else {
-                metrics.quorum_holds += 1;
-                return RemovalOutcome::Unsafe {
-                    reason: format!(
-                        "member {} leads and no healthy, caught-up voter can take over{}",
-                        display_name(member),
-                        not_healthy_summary(&view)
-                    ),
-                    error: None,
-                };
-            };
-            if deadline.in_reserve(Instant::now()) {
-                return deadline_unsafe();
+        let leader_moved = match self
+            .move_leadership_away(&view, member, deadline, metrics)
+            .await
+        {
+            Ok(Some(to)) => {
+                view.leader = Some(to);
+                true
             }
-            if let Err(e) = self.membership.move_leader(&view, to, deadline).await {
-                let (reason, error) = etcd_cause(&e);
-                return RemovalOutcome::Unsafe {
-                    reason: format!(
-                        "could not move leadership away from {}: {reason}",
-                        display_name(member)
-                    ),
-                    error,
-                };
-            }
-            view.leader = Some(to);
-            leader_moved = true;
-        }
+            Ok(None) => false,
+            Err(unsafe_now) => return unsafe_now,
+        };
         if deadline.in_reserve(Instant::now()) {
             return deadline_unsafe();
         }
@@ -496,6 +478,46 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 }
             }
         }
+    }
+
+    /// When `member` leads, hands leadership to a healthy, caught-up voter first: `Ok(Some(to))`
+    /// once moved, `Ok(None)` when it does not lead, `Err` (the outcome to report) when no voter
+    /// can take over or the move failed.
+    async fn move_leadership_away(
+        &self,
+        view: &ClusterView,
+        member: &Member,
+        deadline: &Deadline,
+        metrics: &mut InvocationMetrics,
+    ) -> Result<Option<u64>, RemovalOutcome> {
+        if view.leader != Some(member.id) || view.members.len() <= 1 {
+            return Ok(None);
+        }
+        let Some(to) = leader_candidate(view, member.id) else {
+            metrics.quorum_holds += 1;
+            return Err(RemovalOutcome::Unsafe {
+                reason: format!(
+                    "member {} leads and no healthy, caught-up voter can take over{}",
+                    display_name(member),
+                    not_healthy_summary(view)
+                ),
+                error: None,
+            });
+        };
+        if deadline.in_reserve(Instant::now()) {
+            return Err(deadline_unsafe());
+        }
+        if let Err(e) = self.membership.move_leader(view, to, deadline).await {
+            let (reason, error) = etcd_cause(&e);
+            return Err(RemovalOutcome::Unsafe {
+                reason: format!(
+                    "could not move leadership away from {}: {reason}",
+                    display_name(member)
+                ),
+                error,
+            });
+        }
+        Ok(Some(to))
     }
 
     /// Holds the instance in its wait state: a heartbeat for each of our actions, and an error

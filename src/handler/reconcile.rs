@@ -14,7 +14,7 @@ use crate::membership::{
 };
 use crate::metrics::InvocationMetrics;
 use crate::model::{
-    ClusterView, Fleet, Instance, Lifecycle, Membership, MembershipError, Promotion,
+    ClusterView, Fleet, Instance, Lifecycle, Member, Membership, MembershipError, Promotion,
 };
 use crate::resilience::policy::Deadline;
 
@@ -75,28 +75,13 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         let mut removed = 0;
         let mut stale_left = false;
         loop {
-            let silent = silent_members(&view);
-            if silent.is_empty() {
-                break;
-            }
-            let (ids, ips) = identities_to_look_up(&silent);
-            let existing = match self.fleet.existing_instances(&ids, &ips, deadline).await {
-                Ok(existing) => existing,
-                Err(e) => {
-                    notes.push(format!("silent members not checked for staleness: {e}"));
+            let stale = match self.next_stale(&view, deadline, &mut notes).await {
+                Ok(Some(stale)) => stale,
+                Ok(None) => break,
+                Err(()) => {
                     stale_left = true;
                     break;
                 }
-            };
-            let (stale, unknown) = stale_members(&view, &existing);
-            for member in unknown {
-                let note = format!("member {} does not answer and neither its name nor its URLs name an instance or IP: kept (remove it by hand once its machine is gone)", display_name(member));
-                if !notes.contains(&note) {
-                    notes.push(note);
-                }
-            }
-            let Some(stale) = stale.first().map(|m| (*m).clone()) else {
-                break;
             };
             if deadline.in_reserve(Instant::now()) {
                 notes.push("stale-member cleanup stopped at the deadline reserve".into());
@@ -146,6 +131,37 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             removed,
             stale_left,
         }
+    }
+
+    /// The first stale member of `view` (see `membership::stale_members`), asking EC2 which
+    /// instances carry the silent members' identities; silent members whose machine cannot be
+    /// told are noted and kept. `Err` when EC2 could not be asked (noted).
+    async fn next_stale(
+        &self,
+        view: &ClusterView,
+        deadline: &Deadline,
+        notes: &mut Vec<String>,
+    ) -> Result<Option<Member>, ()> {
+        let silent = silent_members(view);
+        if silent.is_empty() {
+            return Ok(None);
+        }
+        let (ids, ips) = identities_to_look_up(&silent);
+        let existing = match self.fleet.existing_instances(&ids, &ips, deadline).await {
+            Ok(existing) => existing,
+            Err(e) => {
+                notes.push(format!("silent members not checked for staleness: {e}"));
+                return Err(());
+            }
+        };
+        let (stale, unknown) = stale_members(view, &existing);
+        for member in unknown {
+            let note = format!("member {} does not answer and neither its name nor its URLs name an instance or IP: kept (remove it by hand once its machine is gone)", display_name(member));
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+        }
+        Ok(stale.first().map(|m| (*m).clone()))
     }
 
     /// Adds `newcomer` as a learner so its node can join with `initial-cluster-state=existing`.
