@@ -44,9 +44,9 @@ Invariants (a violation names the step, the invariant and what was seen):
   the group, refresh, Spot interruption): nothing else (a launch, a sweep, another group's
   event) removes a live member;
 * the voter floor: a step that removes a voter never leaves fewer voting members than
-  `ETCD_MIN_VOTERS` (default 2), unless every voter it removed is a Spot instance whose
-  interruption was confirmed (its member kept, a cluster at the floor loses quorum when the
-  machine goes) and at least one voter is left; the chaos itself never removes a member (it only
+  `ETCD_MIN_VOTERS` (default 2), unless the floor is crossed by removing Spot instances whose
+  interruption was confirmed (their members kept, a cluster at the floor loses quorum when the
+  machines go), the step's other removals staying above it, and at least one voter is left; the chaos itself never removes a member (it only
   stops, pauses and kills nodes), so a membership below the floor is always the function's doing;
 * another tool's hook untouched: no `CompleteLifecycleAction` or
   `RecordLifecycleActionHeartbeat` is ever made (or even attempted) on a hook that is not
@@ -703,8 +703,13 @@ class World:
             after_voters = {m.id for m in after.voters}
             gone_voters = [m for m in before.voters if m.id not in after_voters]
             # A confirmed Spot interruption may go below the floor (never to zero): kept, its
-            # machine goes in two minutes anyway and a cluster at the floor loses quorum.
-            interrupted = bool(gone_voters) and all(self.instance_of(m) in self.spot_noticed for m in gone_voters)
+            # machine goes in two minutes anyway and a cluster at the floor loses quorum. The
+            # other removals of the step must not cross the floor by themselves.
+            plain_gone = [m for m in gone_voters if self.instance_of(m) not in self.spot_noticed]
+            before_voters = {m.id for m in before.voters}
+            promoted = [m for m in after.voters if m.id not in before_voters]  # learners made voters
+            most = len(before.voters) + len(promoted)
+            interrupted = len(plain_gone) < len(gone_voters) and most - len(plain_gone) >= floor
             if len(after.voters) < floor and len(after.voters) < len(before.voters):
                 if interrupted and after.voters:
                     self.stats["below_floor_for_spot_interruption"] += 1
