@@ -200,13 +200,13 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         match self.fleet.existing_instances(&ids, &ips, deadline).await {
             Ok(found) => known.extend(found),
             Err(e) => {
+                let (cause, error) = aws_cause(&e);
                 return Decision::Unsafe {
                     reason: format!(
-                        "no member matches this instance, and EC2 could not be asked which instances carry the unmatched voters: {}",
-                        aws_cause(&e).0
+                        "no member matches this instance, and EC2 could not be asked which instances carry the unmatched voters: {cause}"
                     ),
-                    error: aws_cause(&e).1,
-                }
+                    error,
+                };
             }
         }
         match absence_proven(view, instance, &known) {

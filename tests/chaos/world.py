@@ -659,6 +659,10 @@ class World:
     # ------------------------------------------------------------------------------------------
     # Invariants checked after each step
     # ------------------------------------------------------------------------------------------
+    def reclaimed_voters_down(self, snap: Snapshot) -> list:
+        """Voters not healthy in `snap` whose Spot instance got its interruption notice."""
+        return [m for m in snap.voters if m.id not in snap.healthy and self.instance_of(m) in self.spot_noticed]
+
     def check_step(self, before: Snapshot, after: Snapshot, function_step: bool) -> None:
         etcd = self.stack.etcd
         if after.members is not None and not after.quorate:
@@ -674,9 +678,7 @@ class World:
         if function_step and before.members is not None and before.quorate and after.members is not None and not after.quorate:
             # A Spot instance reclaimed at the end of its notice (its hook completed with its
             # member kept, as the function must when removal is unsafe) is AWS's doing.
-            reclaimed = [
-                m for m in after.voters if m.id not in after.healthy and self.instance_of(m) in self.spot_noticed
-            ]  # fmt: skip
+            reclaimed = self.reclaimed_voters_down(after)
             if reclaimed:
                 self.stats["quorum_lost_to_spot_reclaim"] += 1
                 self.note(f"quorum lost with interrupted Spot instance(s) {[m.name for m in reclaimed]}: {after.describe()}")
@@ -788,9 +790,7 @@ class World:
                 break  # out of time, or nothing has moved for STUCK_S: the verdict stands
             time.sleep(1.0)
         snap = self.snapshot()
-        reclaimed_voter_down = any(
-            m.id not in snap.healthy and self.instance_of(m) in self.spot_noticed for m in snap.voters
-        ) if snap.members is not None else False
+        reclaimed_voter_down = snap.members is not None and bool(self.reclaimed_voters_down(snap))
         if (self.stats.get("quorum_lost_to_spot_reclaim") or reclaimed_voter_down) and not snap.quorate:
             # AWS reclaimed an interrupted Spot voter whose removal was unsafe (the function
             # completes such a hook with the member kept: no hold can stop an interruption), and
