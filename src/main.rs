@@ -88,6 +88,8 @@ async fn answer(
             .cloned()
     };
     let answer = handler.handle(&event.payload, deadline).await;
+    // No socket stays open while the execution environment is frozen until the next event.
+    handler.membership.release_connections();
     let answer = match refused {
         Some(e) => {
             tracing::error!(error = %e, "the deadline reserve does not fit the function timeout: actions held, configuration error answered");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::etcd_cluster::EtcdCluster;
 use etcd_lifecycle_hook::config::Config;
-use etcd_lifecycle_hook::etcd::EtcdMembership;
+use etcd_lifecycle_hook::etcd::{Connections, EtcdMembership};
 use etcd_lifecycle_hook::membership::{leader_candidate, quorum_after_removal, stale_members};
 use etcd_lifecycle_hook::model::{
     Alarm, ClusterView, Membership, MembershipError, NotHealthy, Promotion, Removal,
@@ -672,4 +672,76 @@ async fn the_view_is_confirmed_by_the_leader_and_a_leaderless_member_says_so() {
         matches!(&read, Err(MembershipError::NoLeader { .. })),
         "{read:?}"
     );
+}
+
+/// One invocation asks each member over one connection (one TLS handshake): the view (the
+/// member list and every member's status), the lock, the leader read again before the removal,
+/// the removal and the unlock add no client. A member that stops answering loses its client, and
+/// a new invocation starts with none.
+#[tokio::test]
+async fn one_client_per_member_for_the_whole_invocation() {
+    let mut cluster = EtcdCluster::start_tls(200, 3).await;
+    cluster.wait_reconfig_ready().await;
+    let (etcd, resilience) = membership(&cluster);
+    let invocation = deadline();
+
+    let view = ok(
+        etcd.cluster(&cluster.instances(), &invocation).await,
+        "reading the cluster",
+    );
+    assert_eq!((view.members.len(), view.healthy.len()), (3, 3));
+    let one_each = Connections { made: 3, open: 3 };
+    assert_eq!(etcd.connections(), one_each, "one client per member");
+    let leader = view.leader.expect("a leader");
+    let follower = view
+        .members
+        .iter()
+        .find(|m| m.id != leader)
+        .expect("a follower")
+        .clone();
+    let lock = ok(
+        etcd.lock(&cluster.instances(), &invocation).await,
+        "taking the lock",
+    );
+    let removal = etcd.remove(&view, follower.id, &invocation).await;
+    assert_eq!(ok(removal, "removing a follower"), Removal::Removed);
+    etcd.unlock(lock, &invocation).await;
+    assert_eq!(
+        etcd.connections(),
+        one_each,
+        "no second client for any member"
+    );
+
+    // The next invocation dials afresh: only the two members left are asked.
+    let next = deadline();
+    let after = ok(
+        etcd.cluster(&cluster.instances(), &next).await,
+        "reading the cluster again",
+    );
+    assert_eq!(after.members.len(), 2);
+    let two = Connections { made: 2, open: 2 };
+    assert_eq!(etcd.connections(), two, "the earlier clients dropped");
+
+    // A member that stops answering loses its client; the other one keeps its own (whether it
+    // still serves the view or already answers "no leader", it answered).
+    let left: Vec<u8> = (1..=3u8)
+        .filter(|slot| cluster.name(*slot) != follower.name)
+        .collect();
+    cluster.stop(left[0]).await;
+    let partial = etcd.cluster(&cluster.instances(), &next).await;
+    if let Ok(view) = &partial {
+        assert!(
+            view.healthy.len() < 2,
+            "the stopped member is not healthy: {view:?}"
+        );
+    }
+    assert_eq!(
+        etcd.connections().open,
+        1,
+        "the stopped member's client dropped: {partial:?}"
+    );
+
+    etcd.release_connections();
+    assert_eq!(etcd.connections().open, 0);
+    assert_breaker_closed(&resilience);
 }

@@ -112,21 +112,56 @@ impl EtcdMembership {
         }
     }
 
+    /// This invocation's client for `url`: made on first use and kept until the invocation ends
+    /// (or a call through it gets no answer), so each member asked costs one connection (one TLS
+    /// handshake) however many requests go to it: the member list, its status (asked twice when
+    /// it leads), the lock and the change. A client from an earlier invocation is never reused:
+    /// its member may be gone, and the connection may not have survived the freeze between
+    /// invocations. The connection itself is opened by the first request (etcd-client's channel
+    /// is lazy); the callers bound every request by the deadline.
     pub(super) async fn connect(
         &self,
         url: &str,
-        left: Duration,
+        deadline: &Deadline,
     ) -> Result<Client, etcd_client::Error> {
+        if let Some(client) = lock(&self.clients).of(deadline).get(url) {
+            return Ok(client.clone());
+        }
         // A member without a leader answers "no leader" at once instead of letting a write wait
         // for a quorum that is not there (and its Status then says it is not serving).
         let mut options = ConnectOptions::new()
-            .with_connect_timeout(DIAL_TIMEOUT.min(left))
-            .with_timeout(REQUEST_TIMEOUT.min(left))
+            .with_connect_timeout(DIAL_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
             .with_require_leader(true);
         if url.starts_with("https://") {
             options = options.with_tls(self.tls.clone());
         }
-        Client::connect([url], Some(options)).await
+        let client = Client::connect([url], Some(options)).await?;
+        let mut clients = lock(&self.clients);
+        clients.of(deadline).insert(url.to_string(), client.clone());
+        clients.made += 1;
+        Ok(client)
+    }
+
+    /// Drops the client for `url` after a call through it got no answer: the next call dials
+    /// again rather than wait on a connection that may be dead.
+    pub(super) fn forget_client(&self, url: &str) {
+        lock(&self.clients).by_url.remove(url);
+    }
+
+    /// Closes this invocation's connections. Called when the invocation has answered, so no
+    /// socket is left open while the execution environment is frozen.
+    pub fn release_connections(&self) {
+        *lock(&self.clients) = Clients::default();
+    }
+
+    /// This invocation's clients: how many were made, how many are still held.
+    pub fn connections(&self) -> Connections {
+        let clients = lock(&self.clients);
+        Connections {
+            made: clients.made,
+            open: clients.by_url.len(),
+        }
     }
 
     /// One attempt of a cluster-level call: `op` on each of `urls` in turn until one answers.
@@ -150,7 +185,7 @@ impl EtcdMembership {
             if left.is_zero() {
                 break;
             }
-            let client = match self.connect(&url, left).await {
+            let client = match self.connect(&url, deadline).await {
                 Ok(client) => client,
                 Err(e) => {
                     misses.push((url, EndpointMiss::Unusable(describe(&e))));
@@ -178,10 +213,11 @@ impl EtcdMembership {
                 Err(OpError::Locked(waited)) => EndpointMiss::Final(PassFailure::Locked { waited }),
                 Err(OpError::Etcd(e)) => sort_error(&url, &e),
             };
-            self.note_answer(
-                &url,
-                !matches!(miss, EndpointMiss::Silent(_) | EndpointMiss::Tls(_)),
-            );
+            let silent = matches!(miss, EndpointMiss::Silent(_) | EndpointMiss::Tls(_));
+            self.note_answer(&url, !silent);
+            if silent {
+                self.forget_client(&url);
+            }
             tracing::debug!(endpoint = %url, miss = ?miss, "etcd endpoint gave no usable answer");
             match miss {
                 EndpointMiss::Final(failure) => return Err(failure),
@@ -280,6 +316,35 @@ impl EtcdMembership {
             }
         }
     }
+}
+
+/// The clients of one invocation, by member URL; `invocation` is that invocation's deadline.
+#[derive(Default)]
+pub(super) struct Clients {
+    invocation: Option<Instant>,
+    by_url: HashMap<String, Client>,
+    made: usize,
+}
+
+impl Clients {
+    /// The clients of the invocation `deadline` belongs to: those of an earlier one are dropped.
+    fn of(&mut self, deadline: &Deadline) -> &mut HashMap<String, Client> {
+        if self.invocation != Some(deadline.at) {
+            *self = Clients {
+                invocation: Some(deadline.at),
+                ..Clients::default()
+            };
+        }
+        &mut self.by_url
+    }
+}
+
+/// How many etcd clients (each one connection, one TLS handshake under https) an invocation
+/// made, and how many it still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connections {
+    pub made: usize,
+    pub open: usize,
 }
 
 /// Client URLs to send a membership change to, best first: the leader, the leader of the view,

@@ -50,18 +50,18 @@ impl EtcdMembership {
                 }
                 let limit = STATUS_TIMEOUT.min(left);
                 let cut_short = limit < STATUS_TIMEOUT;
-                let mut client = match self.connect(url, limit).await {
+                let mut client = match self.connect(url, deadline).await {
                     Ok(client) => client,
-                    Err(_) if cut_short => {
-                        last = Unanswered::NotInTime;
-                        continue;
-                    }
                     Err(e) => {
                         last = Unanswered::Silent(format!("{url}: {}", describe(&e)));
                         continue;
                     }
                 };
-                match tokio::time::timeout(limit, client.status()).await {
+                let answer = tokio::time::timeout(limit, client.status()).await;
+                if !matches!(answer, Ok(Ok(_))) {
+                    self.forget_client(url);
+                }
+                match answer {
                     Ok(Ok(status)) => {
                         let own = status.header().map_or(0, |h| h.member_id());
                         if own != 0 && own != member.id {

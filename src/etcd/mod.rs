@@ -26,7 +26,7 @@
 //!   variable's name rather than failing every call. Key material is never logged: this type's
 //!   `Debug` shows paths only.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
@@ -67,15 +67,17 @@ mod errors;
 mod membership;
 mod tls;
 
+pub use endpoints::Connections;
 use errors::*;
 pub use tls::TlsSetupError;
 use tls::*;
 
 /// [`Membership`] over etcd's gRPC API, through the resilience layer's `etcd` breaker.
 ///
-/// Built once per execution environment; it holds no connection. Every call connects to the
-/// endpoints it needs and drops the connections when it returns, so an instance that went away
-/// since the last invocation leaves nothing stale behind.
+/// Built once per execution environment. Connections live for one invocation: one client per
+/// member URL asked, shared by every request of the invocation to that member, dropped when the
+/// invocation answers (`release_connections`) or when the next one starts, so an instance that
+/// went away since the last invocation leaves nothing stale behind.
 pub struct EtcdMembership {
     resilience: Arc<Resilience>,
     /// `ETCD_ENDPOINTS`; empty means "build them from the group's instances".
@@ -98,6 +100,8 @@ pub struct EtcdMembership {
     /// The leader of the latest confirmed view: its client URLs are asked first, so the member
     /// list usually comes from the leader at once and needs no second read.
     leader: Mutex<Option<u64>>,
+    /// This invocation's clients, one per member URL (see `connect`).
+    clients: Mutex<endpoints::Clients>,
 }
 
 impl fmt::Debug for EtcdMembership {
@@ -127,6 +131,7 @@ impl EtcdMembership {
             silent: Mutex::new(HashSet::new()),
             known: Mutex::new(Vec::new()),
             leader: Mutex::new(None),
+            clients: Mutex::new(endpoints::Clients::default()),
         })
     }
 }
