@@ -126,17 +126,21 @@ impl Config {
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
         );
+        let config = Self::from_vars(&vars)?;
+        config.consistent()?;
+        Ok(config)
+    }
+
+    /// Each variable on its own, in one fixed order, before any check between variables: with
+    /// several bad values the one reported is always the same, and a value wrong in itself is
+    /// never hidden behind a disagreement with another variable.
+    fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
         let d = Config::default();
-        let config = Config {
+        Ok(Config {
             asg_names: vars.list("ASG_NAMES"),
             lifecycle_hook_names: vars.list("LIFECYCLE_HOOK_NAMES"),
             etcd_endpoints: endpoints(vars.get("ETCD_ENDPOINTS"))?,
-            etcd_client_scheme: match vars.get("ETCD_CLIENT_SCHEME") {
-                None => d.etcd_client_scheme,
-                Some(v) if v.eq_ignore_ascii_case("https") => Scheme::Https,
-                Some(v) if v.eq_ignore_ascii_case("http") => Scheme::Http,
-                Some(v) => return Err(invalid("ETCD_CLIENT_SCHEME", v, "http or https")),
-            },
+            etcd_client_scheme: vars.scheme("ETCD_CLIENT_SCHEME", d.etcd_client_scheme)?,
             etcd_client_port: vars.port("ETCD_CLIENT_PORT", d.etcd_client_port)?,
             etcd_peer_port: vars.port("ETCD_PEER_PORT", d.etcd_peer_port)?,
             etcd_tls: TlsFiles {
@@ -144,11 +148,8 @@ impl Config {
                 cert: vars.path("ETCD_CERT_FILE"),
                 key: vars.path("ETCD_KEY_FILE"),
             },
-            etcd_add_learner_on_launch: match vars.get("ETCD_ADD_LEARNER_ON_LAUNCH") {
-                None => d.etcd_add_learner_on_launch,
-                Some(v) => parse_bool(v)
-                    .ok_or_else(|| invalid("ETCD_ADD_LEARNER_ON_LAUNCH", v, "true or false"))?,
-            },
+            etcd_add_learner_on_launch: vars
+                .flag("ETCD_ADD_LEARNER_ON_LAUNCH", d.etcd_add_learner_on_launch)?,
             etcd_min_voters: vars.number("ETCD_MIN_VOTERS", d.etcd_min_voters, &VOTERS)?,
             retry_max_attempts: vars.number(
                 "RETRY_MAX_ATTEMPTS",
@@ -181,9 +182,7 @@ impl Config {
                 d.deadline_reserve,
                 &RESERVE_MS,
             )?,
-        };
-        config.consistent()?;
-        Ok(config)
+        })
     }
 
     /// The checks between variables, once each parsed on its own.
@@ -303,6 +302,25 @@ impl Vars {
 
     fn path(&self, variable: &str) -> Option<PathBuf> {
         self.get(variable).map(PathBuf::from)
+    }
+
+    /// Case-insensitive, as operators write `HTTPS` as often as `https`; anything else is refused
+    /// rather than guessed, since the wrong scheme fails every etcd call.
+    fn scheme(&self, variable: &'static str, default: Scheme) -> Result<Scheme, ConfigError> {
+        match self.get(variable) {
+            None => Ok(default),
+            Some(v) if v.eq_ignore_ascii_case("https") => Ok(Scheme::Https),
+            Some(v) if v.eq_ignore_ascii_case("http") => Ok(Scheme::Http),
+            Some(v) => Err(invalid(variable, v, "http or https")),
+        }
+    }
+
+    /// A switch: a value that is neither true nor false is refused, not read as off.
+    fn flag(&self, variable: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(variable) {
+            None => Ok(default),
+            Some(v) => parse_bool(v).ok_or_else(|| invalid(variable, v, "true or false")),
+        }
     }
 
     fn port(&self, variable: &'static str, default: u16) -> Result<u16, ConfigError> {

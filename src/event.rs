@@ -4,7 +4,7 @@
 //! event that is not understood must be rejected whole, with a message naming the field, before a
 //! single AWS or etcd call is made. This module makes no call and has no side effect.
 
-use aws_lambda_events::event::sqs::SqsEvent;
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use serde_json::{Map, Value};
 
 use crate::model::Transition;
@@ -99,6 +99,8 @@ pub fn parse(payload: &Value) -> Result<Invocation, EventError> {
     parse_message(obj, "").map(Invocation::Direct)
 }
 
+/// A Lambda trigger delivers records of one source only, so the first record's source decides
+/// how the whole batch is read.
 fn parse_records(records: &Value) -> Result<Invocation, EventError> {
     let list = records
         .as_array()
@@ -108,64 +110,9 @@ fn parse_records(records: &Value) -> Result<Invocation, EventError> {
         found: "an empty array".into(),
         expected: "at least one SNS or SQS record",
     })?;
-    let source = first
-        .get("eventSource")
-        .or_else(|| first.get("EventSource"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    match source {
-        "aws:sqs" => {
-            let event: SqsEvent = serde_json::from_value(
-                Value::Array(list.clone()).wrap("Records"),
-            )
-            .map_err(|e| EventError::Invalid {
-                field: "Records".into(),
-                found: format!("not an SQS batch ({e})"),
-                expected: "SQS records with messageId and body",
-            })?;
-            let queued = event
-                .records
-                .into_iter()
-                .enumerate()
-                .map(|(i, record)| {
-                    let message_id = record
-                        .message_id
-                        .clone()
-                        .unwrap_or_else(|| format!("record-{i}"));
-                    let field = format!("Records[{i}].body");
-                    let message = match record.body.as_deref() {
-                        None => Err(EventError::Missing {
-                            field,
-                            expected: "the notification as a JSON string",
-                        }),
-                        Some(body) => parse_body(body, &field),
-                    };
-                    QueuedMessage {
-                        message_id,
-                        message,
-                    }
-                })
-                .collect();
-            Ok(Invocation::Queue(queued))
-        }
-        "aws:sns" => {
-            // Only `Sns.Message` matters; the typed `SnsEvent` insists on every envelope field
-            // (signature, URLs), which would reject deliveries for fields never read.
-            let mut messages = Vec::new();
-            for (i, record) in list.iter().enumerate() {
-                let field = format!("Records[{i}].Sns.Message");
-                let message = record
-                    .get("Sns")
-                    .and_then(|sns| sns.get("Message"))
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| EventError::Missing {
-                        field: field.clone(),
-                        expected: "the notification as a JSON string",
-                    })?;
-                messages.extend(parse_body(message, &field)?);
-            }
-            Ok(Invocation::Direct(messages))
-        }
+    match record_source(first) {
+        "aws:sqs" => parse_sqs_records(list),
+        "aws:sns" => parse_sns_records(list),
         other => Err(EventError::Invalid {
             field: "Records[0].eventSource".into(),
             found: if other.is_empty() {
@@ -176,6 +123,76 @@ fn parse_records(records: &Value) -> Result<Invocation, EventError> {
             expected: "\"aws:sqs\" or \"aws:sns\"",
         }),
     }
+}
+
+/// SQS spells it `eventSource`, SNS `EventSource`; either is accepted so the caller need not
+/// know which delivery it got. Empty when neither is a string.
+fn record_source(record: &Value) -> &str {
+    record
+        .get("eventSource")
+        .or_else(|| record.get("EventSource"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// An SQS batch is not all or nothing: a record that does not parse is reported for that record
+/// alone (partial batch response), so one bad message cannot block the others' lifecycle actions.
+fn parse_sqs_records(list: &[Value]) -> Result<Invocation, EventError> {
+    let event: SqsEvent = serde_json::from_value(Value::Array(list.to_vec()).wrap("Records"))
+        .map_err(|e| EventError::Invalid {
+            field: "Records".into(),
+            found: format!("not an SQS batch ({e})"),
+            expected: "SQS records with messageId and body",
+        })?;
+    let queued = event
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, record)| queued_message(i, record))
+        .collect();
+    Ok(Invocation::Queue(queued))
+}
+
+/// A record without a `messageId` still needs a name in the partial batch response and in logs;
+/// its position stands in for it.
+fn queued_message(i: usize, record: &SqsMessage) -> QueuedMessage {
+    let message_id = record
+        .message_id
+        .clone()
+        .unwrap_or_else(|| format!("record-{i}"));
+    let field = format!("Records[{i}].body");
+    let message = match record.body.as_deref() {
+        None => Err(EventError::Missing {
+            field,
+            expected: "the notification as a JSON string",
+        }),
+        Some(body) => parse_body(body, &field),
+    };
+    QueuedMessage {
+        message_id,
+        message,
+    }
+}
+
+/// SNS has no partial batch response: a bad record rejects the whole delivery, as for a direct
+/// event, so nothing is acted on from input that is only partly understood.
+fn parse_sns_records(list: &[Value]) -> Result<Invocation, EventError> {
+    // Only `Sns.Message` matters; the typed `SnsEvent` insists on every envelope field
+    // (signature, URLs), which would reject deliveries for fields never read.
+    let mut messages = Vec::new();
+    for (i, record) in list.iter().enumerate() {
+        let field = format!("Records[{i}].Sns.Message");
+        let message = record
+            .get("Sns")
+            .and_then(|sns| sns.get("Message"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| EventError::Missing {
+                field: field.clone(),
+                expected: "the notification as a JSON string",
+            })?;
+        messages.extend(parse_body(message, &field)?);
+    }
+    Ok(Invocation::Direct(messages))
 }
 
 trait Wrap {
@@ -216,53 +233,8 @@ fn parse_body(body: &str, field: &str) -> Result<Vec<Message>, EventError> {
 
 /// An EventBridge event, or a classic Auto Scaling notification.
 fn parse_message(obj: &Map<String, Value>, prefix: &str) -> Result<Vec<Message>, EventError> {
-    let path = |name: &str| {
-        if prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{prefix}.{name}")
-        }
-    };
     if let Some(detail_type) = obj.get("detail-type") {
-        let detail_type = detail_type
-            .as_str()
-            .ok_or_else(|| invalid(&path("detail-type"), detail_type, "a string"))?;
-        return match detail_type {
-            "Scheduled Event" => {
-                require_source(obj, &path("source"), "aws.events", "\"aws.events\"")?;
-                Ok(vec![Message::Sweep])
-            }
-            LAUNCH_DETAIL | TERMINATE_DETAIL => {
-                // Only Auto Scaling pauses instances: a look-alike from another source (a
-                // misconfigured rule, a test harness) must not remove a member.
-                require_source(obj, &path("source"), "aws.autoscaling", "\"aws.autoscaling\"")?;
-                let detail = obj.get("detail").ok_or_else(|| EventError::Missing {
-                    field: path("detail"),
-                    expected: "the lifecycle action's detail object",
-                })?;
-                let detail = detail
-                    .as_object()
-                    .ok_or_else(|| invalid(&path("detail"), detail, "an object"))?;
-                let event = lifecycle(detail, &path("detail"))?;
-                let expected = if detail_type == LAUNCH_DETAIL {
-                    Transition::Launching
-                } else {
-                    Transition::Terminating
-                };
-                if event.transition != expected {
-                    return Err(EventError::Disagreement {
-                        detail_type: detail_type.to_string(),
-                        transition: event.transition.as_str().to_string(),
-                    });
-                }
-                Ok(vec![Message::Lifecycle(event)])
-            }
-            other => Err(EventError::Invalid {
-                field: path("detail-type"),
-                found: format!("{other:?}"),
-                expected: "\"EC2 Instance-launch Lifecycle Action\", \"EC2 Instance-terminate Lifecycle Action\" or \"Scheduled Event\"",
-            }),
-        };
+        return parse_eventbridge(obj, detail_type, prefix);
     }
     if obj.get("Event").and_then(Value::as_str) == Some(TEST_NOTIFICATION) {
         let group = obj
@@ -283,14 +255,82 @@ fn parse_message(obj: &Map<String, Value>, prefix: &str) -> Result<Vec<Message>,
     })
 }
 
-fn lifecycle(obj: &Map<String, Value>, prefix: &str) -> Result<LifecycleEvent, EventError> {
-    let path = |name: &str| {
-        if prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{prefix}.{name}")
+/// A `detail-type` commits the event to being EventBridge's: a kind we do not handle is refused
+/// by name rather than read as a classic notification that happens to carry the same fields.
+fn parse_eventbridge(
+    obj: &Map<String, Value>,
+    detail_type: &Value,
+    prefix: &str,
+) -> Result<Vec<Message>, EventError> {
+    let path = |name: &str| field_path(prefix, name);
+    let detail_type = detail_type
+        .as_str()
+        .ok_or_else(|| invalid(&path("detail-type"), detail_type, "a string"))?;
+    match detail_type {
+        "Scheduled Event" => {
+            require_source(obj, &path("source"), "aws.events", "\"aws.events\"")?;
+            Ok(vec![Message::Sweep])
         }
+        LAUNCH_DETAIL | TERMINATE_DETAIL => parse_lifecycle_action(obj, detail_type, prefix),
+        other => Err(EventError::Invalid {
+            field: path("detail-type"),
+            found: format!("{other:?}"),
+            expected: "\"EC2 Instance-launch Lifecycle Action\", \"EC2 Instance-terminate Lifecycle Action\" or \"Scheduled Event\"",
+        }),
+    }
+}
+
+/// An EventBridge lifecycle action says its transition twice (`detail-type` and the detail's
+/// `LifecycleTransition`); when they disagree the event is refused, since acting on either could
+/// add or remove the wrong member.
+fn parse_lifecycle_action(
+    obj: &Map<String, Value>,
+    detail_type: &str,
+    prefix: &str,
+) -> Result<Vec<Message>, EventError> {
+    let path = |name: &str| field_path(prefix, name);
+    // Only Auto Scaling pauses instances: a look-alike from another source (a misconfigured rule,
+    // a test harness) must not remove a member.
+    require_source(
+        obj,
+        &path("source"),
+        "aws.autoscaling",
+        "\"aws.autoscaling\"",
+    )?;
+    let detail = obj.get("detail").ok_or_else(|| EventError::Missing {
+        field: path("detail"),
+        expected: "the lifecycle action's detail object",
+    })?;
+    let detail = detail
+        .as_object()
+        .ok_or_else(|| invalid(&path("detail"), detail, "an object"))?;
+    let event = lifecycle(detail, &path("detail"))?;
+    let expected = if detail_type == LAUNCH_DETAIL {
+        Transition::Launching
+    } else {
+        Transition::Terminating
     };
+    if event.transition != expected {
+        return Err(EventError::Disagreement {
+            detail_type: detail_type.to_string(),
+            transition: event.transition.as_str().to_string(),
+        });
+    }
+    Ok(vec![Message::Lifecycle(event)])
+}
+
+/// Errors name a field by its full path from the payload (`Records[0].body.detail.EC2InstanceId`),
+/// so an operator can find it in the event as delivered, whatever envelope wrapped it.
+fn field_path(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+fn lifecycle(obj: &Map<String, Value>, prefix: &str) -> Result<LifecycleEvent, EventError> {
+    let path = |name: &str| field_path(prefix, name);
     let required = |name: &str| -> Result<String, EventError> {
         match obj.get(name) {
             None | Some(Value::Null) => Err(EventError::Missing {

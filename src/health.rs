@@ -60,16 +60,48 @@ pub struct Judgement {
 /// toward the majority. `answers` pairs member IDs with how asking them went; a member missing
 /// from it counts as not asked in time.
 pub fn judge(members: &[Member], answers: &[(u64, StatusAnswer)]) -> Judgement {
-    let answer_of = |id: u64| answers.iter().find(|(m, _)| *m == id).map(|(_, a)| a);
-    let report_of = |id: u64| match answer_of(id) {
+    let alarms = alarms_in(answers);
+    let agreed = agreed_leader(members, answers);
+    let leader_index = agreed.map(|(leader, term)| leader_raft_index(leader, term, answers));
+    let mut judgement = Judgement {
+        leader: agreed.map(|(leader, _)| leader),
+        leader_answered: agreed.is_some_and(|(leader, term)| {
+            report_of(answers, leader).is_some_and(|r| (r.leader, r.raft_term) == (leader, term))
+        }),
+        ..Judgement::default()
+    };
+    for member in members {
+        match verdict(member.id, answers, agreed, leader_index, &alarms) {
+            Ok(()) => judgement.healthy.push(member.id),
+            Err(why) => judgement.not_healthy.push((member.id, why)),
+        }
+    }
+    judgement.alarms = alarms;
+    judgement
+}
+
+/// Looked up by ID, not by position: `answers` need not follow the order of `members`, and a
+/// member not asked in time is missing from it.
+fn answer_of(answers: &[(u64, StatusAnswer)], id: u64) -> Option<&StatusAnswer> {
+    answers.iter().find(|(m, _)| *m == id).map(|(_, a)| a)
+}
+
+/// Only an answered `Status` says whom a member follows; every other outcome says nothing.
+fn report_of(answers: &[(u64, StatusAnswer)], id: u64) -> Option<&StatusReport> {
+    match answer_of(answers, id) {
         Some(StatusAnswer::Answered(r)) => Some(r),
         _ => None,
-    };
-    let alarms = alarms_in(answers);
+    }
+}
+
+/// The (leader, term) a majority of all voting members follow, silent ones included in the
+/// count: after a partition two leaders can each claim followers, and only one with a majority
+/// of the whole cluster can commit, so only its followers are in step.
+fn agreed_leader(members: &[Member], answers: &[(u64, StatusAnswer)]) -> Option<(u64, u64)> {
     let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
     let majority = voters.len() / 2 + 1;
     let mut votes: Vec<((u64, u64), usize)> = Vec::new();
-    for report in voters.iter().filter_map(|m| report_of(m.id)) {
+    for report in voters.iter().filter_map(|m| report_of(answers, m.id)) {
         if report.leader == 0 {
             continue;
         }
@@ -79,13 +111,18 @@ pub fn judge(members: &[Member], answers: &[(u64, StatusAnswer)]) -> Judgement {
             None => votes.push((key, 1)),
         }
     }
-    let agreed = votes
+    votes
         .iter()
         .find(|(_, n)| *n >= majority)
-        .map(|(key, _)| *key);
-    let leader_index = agreed.map(|(leader, term)| {
-        report_of(leader).map(|r| r.raft_index).unwrap_or_else(|| {
-            // The leader itself did not answer: its followers' best index stands in for it.
+        .map(|(key, _)| *key)
+}
+
+/// The index the others are measured against: the leader's own, or when the leader itself did
+/// not answer, its followers' best, so a silent leader does not make every follower look behind.
+fn leader_raft_index(leader: u64, term: u64, answers: &[(u64, StatusAnswer)]) -> u64 {
+    report_of(answers, leader)
+        .map(|r| r.raft_index)
+        .unwrap_or_else(|| {
             answers
                 .iter()
                 .filter_map(|(_, a)| match a {
@@ -97,31 +134,24 @@ pub fn judge(members: &[Member], answers: &[(u64, StatusAnswer)]) -> Judgement {
                 .max()
                 .unwrap_or(0)
         })
-    });
-    let mut judgement = Judgement {
-        leader: agreed.map(|(leader, _)| leader),
-        leader_answered: agreed.is_some_and(|(leader, term)| {
-            report_of(leader).is_some_and(|r| (r.leader, r.raft_term) == (leader, term))
-        }),
-        ..Judgement::default()
-    };
-    for member in members {
-        let verdict = match answer_of(member.id) {
-            None | Some(StatusAnswer::NotAskedInTime) => Err(NotHealthy::NotAskedInTime),
-            Some(StatusAnswer::NeverStarted) => Err(NotHealthy::NeverStarted),
-            Some(StatusAnswer::Silent(detail)) => Err(NotHealthy::Silent(detail.clone())),
-            Some(StatusAnswer::NoLeader) => Err(NotHealthy::NoLeader),
-            Some(StatusAnswer::Answered(report)) => {
-                judge_one(member.id, report, agreed, leader_index, &alarms)
-            }
-        };
-        match verdict {
-            Ok(()) => judgement.healthy.push(member.id),
-            Err(why) => judgement.not_healthy.push((member.id, why)),
-        }
+}
+
+/// Why asking failed is kept as the reason, so a member is never judged on an answer it did not
+/// give; only an answered `Status` goes on to the rules of [`judge_one`].
+fn verdict(
+    id: u64,
+    answers: &[(u64, StatusAnswer)],
+    agreed: Option<(u64, u64)>,
+    leader_index: Option<u64>,
+    alarms: &[Alarm],
+) -> Result<(), NotHealthy> {
+    match answer_of(answers, id) {
+        None | Some(StatusAnswer::NotAskedInTime) => Err(NotHealthy::NotAskedInTime),
+        Some(StatusAnswer::NeverStarted) => Err(NotHealthy::NeverStarted),
+        Some(StatusAnswer::Silent(detail)) => Err(NotHealthy::Silent(detail.clone())),
+        Some(StatusAnswer::NoLeader) => Err(NotHealthy::NoLeader),
+        Some(StatusAnswer::Answered(report)) => judge_one(id, report, agreed, leader_index, alarms),
     }
-    judgement.alarms = alarms;
-    judgement
 }
 
 fn judge_one(

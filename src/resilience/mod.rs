@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use self::backoff::{Jitter, RandomJitter};
-use self::breaker::{ceil_secs, Breaker, BreakerConfig, Snapshot, State};
+use self::breaker::{ceil_secs, Breaker, BreakerConfig, Permit, Snapshot, State};
 use self::classify::{Class, Classify};
 use self::policy::{Deadline, RetryPolicy};
 
@@ -240,41 +240,58 @@ impl Resilience {
                 }
                 Err(error) => error,
             };
-            if error.class() == Class::Permanent {
-                permit.answered();
-                return Err(CallError::Permanent {
-                    dependency,
-                    source: error,
-                });
-            }
-            let now = Instant::now();
-            permit.failure(now);
-            // Stop at once rather than retry if this failure opened the circuit.
-            if let Some(retry_after) = breaker.open_for(now) {
-                return Err(CallError::CircuitOpen(CircuitOpen {
-                    dependency,
-                    retry_after,
-                }));
-            }
-            let Some(delay) = self
-                .retry
-                .next_delay(attempts, now, deadline, self.jitter.as_ref())
-            else {
-                return Err(CallError::Exhausted {
-                    dependency,
-                    attempts,
-                    source: error,
-                });
-            };
-            tracing::debug!(
-                dependency = dependency.as_str(),
-                attempt = attempts,
-                delay_ms = delay.as_millis() as u64,
-                "transient failure; retrying"
-            );
-            self.retries.fetch_add(1, Ordering::Relaxed);
+            let delay = self.retry_delay(dependency, deadline, permit, attempts, error)?;
+            self.note_retry(dependency, attempts, delay);
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// Settles a failed attempt's permit and decides whether a retry can still help: a permanent
+    /// error, a circuit this failure opened, or no attempt or time left all end the call here,
+    /// so the only way back into the loop is a delay that fits the deadline.
+    fn retry_delay<E: Classify>(
+        &self,
+        dependency: Dependency,
+        deadline: &Deadline,
+        permit: Permit,
+        attempts: u32,
+        error: E,
+    ) -> Result<Duration, CallError<E>> {
+        if error.class() == Class::Permanent {
+            permit.answered();
+            return Err(CallError::Permanent {
+                dependency,
+                source: error,
+            });
+        }
+        let now = Instant::now();
+        permit.failure(now);
+        // Stop at once rather than retry if this failure opened the circuit.
+        if let Some(retry_after) = self.breaker(dependency).open_for(now) {
+            return Err(CallError::CircuitOpen(CircuitOpen {
+                dependency,
+                retry_after,
+            }));
+        }
+        self.retry
+            .next_delay(attempts, now, deadline, self.jitter.as_ref())
+            .ok_or(CallError::Exhausted {
+                dependency,
+                attempts,
+                source: error,
+            })
+    }
+
+    /// Each retry is logged and counted for the invocation's metrics: a run of them shows a
+    /// struggling dependency before its circuit opens.
+    fn note_retry(&self, dependency: Dependency, attempts: u32, delay: Duration) {
+        tracing::debug!(
+            dependency = dependency.as_str(),
+            attempt = attempts,
+            delay_ms = delay.as_millis() as u64,
+            "transient failure; retrying"
+        );
+        self.retries.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One attempt whose failure is information about the target, not about the dependency (a
