@@ -1,6 +1,9 @@
 //! CloudWatch metrics in Embedded Metric Format (EMF): JSON lines on stdout that CloudWatch Logs
 //! turns into metrics, with no API call and no agent.
 //!
+//! The figures are not counted along the way: each decision keeps its share (`Tally`) with its
+//! summary line, and the invocation's figures are their sum, made once at its end.
+//!
 //! A small module rather than a crate: the `metrics` facade crates install a process-global
 //! recorder, which makes per-invocation figures and tests that read back exactly what one
 //! invocation printed harder than formatting a handful of documents here.
@@ -34,6 +37,21 @@ pub fn memory_sink() -> (Sink, Arc<Mutex<Vec<String>>>) {
     (sink, lines)
 }
 
+/// What one decision did that the metrics count: its share of the invocation's figures, kept
+/// with its summary line (never printed there) and summed at the end of the invocation.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Heartbeats recorded (the sweep's heartbeats before any work included).
+    pub heartbeats: u64,
+    /// Lifecycle actions completed with `CONTINUE` sent.
+    pub continued: u64,
+    /// Lifecycle actions found already over when completed.
+    pub already_done: u64,
+    pub members_removed: u64,
+    /// 1 when the decision was a hold because of quorum or the voter floor.
+    pub quorum_holds: u64,
+}
+
 /// The figures of one invocation, emitted together at its end.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct InvocationMetrics {
@@ -45,8 +63,30 @@ pub struct InvocationMetrics {
 }
 
 impl InvocationMetrics {
-    pub fn completed(&mut self, result: &'static str) {
-        *self.completed.entry(result).or_default() += 1;
+    /// The invocation's figures: the sum of what each of its decisions did. A completion result
+    /// no action had gets no document.
+    pub fn from_tallies<'a>(tallies: impl IntoIterator<Item = &'a Tally>) -> Self {
+        let mut sum = Tally::default();
+        for t in tallies {
+            sum.heartbeats += t.heartbeats;
+            sum.continued += t.continued;
+            sum.already_done += t.already_done;
+            sum.members_removed += t.members_removed;
+            sum.quorum_holds += t.quorum_holds;
+        }
+        let completed = [
+            ("CONTINUE", sum.continued),
+            ("ALREADY_DONE", sum.already_done),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+        Self {
+            completed,
+            members_removed: sum.members_removed,
+            quorum_holds: sum.quorum_holds,
+            heartbeats: sum.heartbeats,
+        }
     }
 
     /// Formats this invocation's documents, draining the layer's retry and transition counters.

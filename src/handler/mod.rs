@@ -3,8 +3,11 @@
 //!
 //! Generic over the narrow traits of `model.rs`, so every branch runs in unit tests with fakes.
 //! One file per flow: `terminate.rs`, `launch.rs`, `sweep.rs`; `reconcile.rs` holds what launch
-//! and the sweep share (stale members, learners); this file holds the entry point and the two
-//! ways a flow ends (complete, hold). Invariants kept here:
+//! and the sweep share (stale members, learners). Each flow decides and returns an `Outcome`;
+//! `outcome.rs` holds the one place an outcome is acted on, which is where every flow ends
+//! (complete or hold, over every one of our actions of the instance) and where the summary line
+//! and its share of the metrics are made. This file holds the entry point, the start every flow
+//! shares and the removal under the quorum check. Invariants kept here:
 //! - a member is removed only when `membership::quorum_after_removal` says the healthy voters
 //!   left are a majority and at least `ETCD_MIN_VOTERS` voters remain; otherwise the instance is
 //!   held (heartbeat) and the invocation answers an error naming the hold, so the event comes
@@ -22,7 +25,8 @@
 //!
 //! `action` values in the summary: `completed` (CONTINUE sent, or the action was already over),
 //! `held` (heartbeat recorded, error answered), `skipped` (not ours, or nothing left to do),
-//! `ignored` (test notification), `failed` (could not complete or hold; error answered).
+//! `ignored` (test notification), `failed` (could not complete or hold; error answered). The
+//! metrics are derived from the summary lines at the end of the invocation.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,21 +37,23 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 mod launch;
+mod outcome;
 mod reconcile;
 mod sweep;
 mod terminate;
 
 use crate::config::Config;
-use crate::event::{self, EventError, Invocation, Message};
+use crate::event::{self, EventError, Invocation, LifecycleEvent, Message, QueuedMessage};
 use crate::membership::{leader_candidate, quorum_after_removal, Verdict};
-use crate::metrics::{InvocationMetrics, Sink};
+use crate::metrics::{InvocationMetrics, Sink, Tally};
 use crate::model::{
-    ActionKey, AwsError, ClusterView, Completion, Fleet, Heartbeat, Instance, Lifecycle, Member,
-    Membership, MembershipError, Removal, Transition,
+    ActionKey, AwsError, ClusterView, Fleet, Instance, Lifecycle, Member, Membership,
+    MembershipError, Removal, Transition,
 };
 use crate::resilience::breaker::Snapshot;
 use crate::resilience::policy::Deadline;
 use crate::resilience::{CircuitOpen, Dependency, Resilience};
+use outcome::{Cause, CauseKind, Outcome, Subject};
 
 /// What the invocation answers when it does not succeed. Lambda reports only the top-level text,
 /// so each variant carries the whole story.
@@ -112,6 +118,42 @@ pub enum Action {
     Failed,
 }
 
+/// What Auto Scaling was told, or answered, for the lifecycle actions of one summary line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ResultCode {
+    /// `CONTINUE` sent.
+    #[serde(rename = "CONTINUE")]
+    Continue,
+    /// Every action was already over when completed.
+    #[serde(rename = "ALREADY_DONE")]
+    AlreadyDone,
+    /// A heartbeat recorded: held.
+    #[serde(rename = "HEARTBEAT")]
+    Heartbeat,
+    /// A hold found no action still active.
+    #[serde(rename = "ACTION_OVER")]
+    ActionOver,
+    /// No call about the actions.
+    #[serde(rename = "NONE")]
+    Nothing,
+    /// Could not complete or hold.
+    #[serde(rename = "ERROR")]
+    Error,
+}
+
+impl ResultCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultCode::Continue => "CONTINUE",
+            ResultCode::AlreadyDone => "ALREADY_DONE",
+            ResultCode::Heartbeat => "HEARTBEAT",
+            ResultCode::ActionOver => "ACTION_OVER",
+            ResultCode::Nothing => "NONE",
+            ResultCode::Error => "ERROR",
+        }
+    }
+}
+
 /// One line of the invocation summary.
 #[derive(Debug, Clone, Serialize)]
 pub struct InstanceResult {
@@ -119,13 +161,15 @@ pub struct InstanceResult {
     pub group: Option<String>,
     pub transition: Option<Transition>,
     pub action: Action,
-    /// `CONTINUE`, `ALREADY_DONE`, `HEARTBEAT`, `ACTION_OVER`, `NONE` or `ERROR`.
-    pub result: &'static str,
+    pub result: ResultCode,
     pub detail: String,
     pub member_removed: bool,
     pub leader_moved: bool,
     #[serde(skip)]
     pub error: Option<HandlerError>,
+    /// What this decision adds to the invocation's metrics.
+    #[serde(skip)]
+    pub tally: Tally,
 }
 
 impl InstanceResult {
@@ -135,11 +179,12 @@ impl InstanceResult {
             group: group.map(String::from),
             transition,
             action: Action::Skipped,
-            result: "NONE",
+            result: ResultCode::Nothing,
             detail: String::new(),
             member_removed: false,
             leader_moved: false,
             error: None,
+            tally: Tally::default(),
         }
     }
 
@@ -152,10 +197,11 @@ impl InstanceResult {
         let transition = self.transition.map(Transition::as_str).unwrap_or("-");
         let action = serde_json::to_value(self.action).unwrap_or_default();
         let action = action.as_str().unwrap_or("-");
+        let result = self.result.as_str();
         if level_error {
-            tracing::warn!(instance_id = instance, group, transition, action, result = self.result, member_removed = self.member_removed, leader_moved = self.leader_moved, detail = %self.detail, "lifecycle decision");
+            tracing::warn!(instance_id = instance, group, transition, action, result, member_removed = self.member_removed, leader_moved = self.leader_moved, detail = %self.detail, "lifecycle decision");
         } else {
-            tracing::info!(instance_id = instance, group, transition, action, result = self.result, member_removed = self.member_removed, leader_moved = self.leader_moved, detail = %self.detail, "lifecycle decision");
+            tracing::info!(instance_id = instance, group, transition, action, result, member_removed = self.member_removed, leader_moved = self.leader_moved, detail = %self.detail, "lifecycle decision");
         }
     }
 }
@@ -190,10 +236,13 @@ enum RemovalOutcome {
     AlreadyGone,
     /// Not safe now: quorum would break, too few voters would remain, etcd refused, the lock was
     /// taken, or etcd could not be asked.
-    Unsafe {
-        reason: String,
-        error: Option<HandlerError>,
-    },
+    Unsafe(Cause),
+}
+
+/// What the invocation answers, and the summary lines it rests on (its metrics come from them).
+struct Answered {
+    answer: Result<Value, HandlerError>,
+    results: Vec<InstanceResult>,
 }
 
 impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
@@ -207,75 +256,98 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 return Err(e.into());
             }
         };
-        let mut metrics = InvocationMetrics::default();
-        let outcome = match invocation {
-            Invocation::Direct(messages) => {
-                let mut results = Vec::new();
-                for message in messages {
-                    results.extend(
-                        self.handle_message(message, &deadline, &mut metrics)
-                            .await?,
-                    );
-                }
-                let errors: Vec<HandlerError> =
-                    results.iter().filter_map(|r| r.error.clone()).collect();
-                let summary = self.summary(&results, None);
-                tracing::info!(summary = %summary, "invocation summary");
-                match errors.len() {
-                    0 => Ok(summary),
-                    1 => Err(errors
-                        .into_iter()
-                        .next()
-                        .unwrap_or(HandlerError::SweepWithoutGroups)),
-                    count => Err(HandlerError::Several {
-                        count,
-                        total: results.len(),
-                        first: Box::new(errors[0].clone()),
-                    }),
-                }
-            }
-            Invocation::Queue(records) => {
-                let mut results = Vec::new();
-                let mut failures = Vec::new();
-                for record in records {
-                    let failed = match record.message {
-                        Err(e) => {
-                            tracing::warn!(message_id = %record.message_id, error = %e, "rejected SQS record");
-                            true
-                        }
-                        Ok(messages) => {
-                            let mut failed = false;
-                            for message in messages {
-                                match self.handle_message(message, &deadline, &mut metrics).await {
-                                    Ok(rs) => {
-                                        failed |= rs.iter().any(|r| r.error.is_some());
-                                        results.extend(rs);
-                                    }
-                                    Err(e) => {
-                                        tracing::warn!(message_id = %record.message_id, error = %e, "SQS record failed");
-                                        failed = true;
-                                    }
-                                }
-                            }
-                            failed
-                        }
-                    };
-                    if failed {
-                        failures.push(record.message_id);
-                    }
-                }
-                let summary = self.summary(&results, Some(&failures));
-                tracing::info!(summary = %summary, "invocation summary");
-                Ok(summary)
-            }
+        let answered = match invocation {
+            Invocation::Direct(messages) => self.direct(messages, &deadline).await?,
+            Invocation::Queue(records) => self.queue(records, &deadline).await,
         };
-        metrics.emit(
+        InvocationMetrics::from_tallies(answered.results.iter().map(|r| &r.tally)).emit(
             &self.metrics,
             &self.function_name,
             &self.resilience,
             started.elapsed(),
         );
-        outcome
+        answered.answer
+    }
+
+    /// EventBridge or SNS: all or nothing. A message that cannot be handled at all (a sweep
+    /// without groups) is the answer, with no summary and no metrics.
+    async fn direct(
+        &self,
+        messages: Vec<Message>,
+        deadline: &Deadline,
+    ) -> Result<Answered, HandlerError> {
+        let mut results = Vec::new();
+        for message in messages {
+            results.extend(self.handle_message(message, deadline).await?);
+        }
+        let errors: Vec<HandlerError> = results.iter().filter_map(|r| r.error.clone()).collect();
+        let summary = self.summary(&results, None);
+        tracing::info!(summary = %summary, "invocation summary");
+        let answer = match errors.len() {
+            0 => Ok(summary),
+            1 => Err(errors
+                .into_iter()
+                .next()
+                .unwrap_or(HandlerError::SweepWithoutGroups)),
+            count => Err(HandlerError::Several {
+                count,
+                total: results.len(),
+                first: Box::new(errors[0].clone()),
+            }),
+        };
+        Ok(Answered { answer, results })
+    }
+
+    /// SQS: each record on its own; a record that failed is named in `batchItemFailures`.
+    async fn queue(&self, records: Vec<QueuedMessage>, deadline: &Deadline) -> Answered {
+        let mut results = Vec::new();
+        let mut failures = Vec::new();
+        for record in records {
+            let failed = match record.message {
+                Err(e) => {
+                    tracing::warn!(message_id = %record.message_id, error = %e, "rejected SQS record");
+                    true
+                }
+                Ok(messages) => {
+                    self.queued(&record.message_id, messages, deadline, &mut results)
+                        .await
+                }
+            };
+            if failed {
+                failures.push(record.message_id);
+            }
+        }
+        let summary = self.summary(&results, Some(&failures));
+        tracing::info!(summary = %summary, "invocation summary");
+        Answered {
+            answer: Ok(summary),
+            results,
+        }
+    }
+
+    /// The messages of one SQS record, their lines added to `results`; `true` when the record
+    /// failed (a line with an error, or a message that could not be handled at all).
+    async fn queued(
+        &self,
+        message_id: &str,
+        messages: Vec<Message>,
+        deadline: &Deadline,
+        results: &mut Vec<InstanceResult>,
+    ) -> bool {
+        let mut failed = false;
+        for message in messages {
+            match self.handle_message(message, deadline).await {
+                Ok(rs) => {
+                    failed |= rs.iter().any(|r| r.error.is_some());
+                    results.extend(rs);
+                }
+                Err(e) => {
+                    tracing::warn!(message_id = %message_id, error = %e, "SQS record failed");
+                    failed = true;
+                }
+            }
+        }
+        failed
     }
 
     fn summary(&self, results: &[InstanceResult], failures: Option<&[String]>) -> Value {
@@ -300,78 +372,67 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         &self,
         message: Message,
         deadline: &Deadline,
-        metrics: &mut InvocationMetrics,
     ) -> Result<Vec<InstanceResult>, HandlerError> {
         match message {
             Message::TestNotification { group } => {
-                let mut r = InstanceResult::new(group.as_deref(), None, None);
-                r.action = Action::Ignored;
-                r.detail = "autoscaling:TEST_NOTIFICATION acknowledged".into();
-                r.log();
-                Ok(vec![r])
+                let subject = Subject::line(group.as_deref(), None, None, deadline);
+                let detail = "autoscaling:TEST_NOTIFICATION acknowledged".into();
+                Ok(vec![self.act(subject, Outcome::Ignored { detail }).await])
             }
-            Message::Sweep => self.sweep(deadline, metrics).await,
-            Message::Lifecycle(event) => {
-                let target = Target {
-                    group: event.group.clone(),
-                    instance_id: event.instance_id.clone(),
-                    keys: vec![ActionKey {
-                        group: event.group.clone(),
-                        hook: event.hook.clone(),
-                        instance_id: event.instance_id.clone(),
-                        token: Some(event.token.clone()),
-                    }],
-                    transition: event.transition,
-                    deadline,
-                };
-                let not_ours = if !self.config.handles_group(&event.group) {
-                    Some(format!("group {} is not in ASG_NAMES", event.group))
-                } else if !self.config.owns_hook(&event.hook) {
-                    Some(format!(
-                        "hook {} is not in LIFECYCLE_HOOK_NAMES ({}): another tool's lifecycle action, left alone",
-                        event.hook,
-                        self.config.lifecycle_hook_names.join(",")
-                    ))
-                } else {
-                    None
-                };
-                let result = if let Some(detail) = not_ours {
-                    let mut r = self.result_for(&target);
-                    r.detail = detail;
-                    r
-                } else {
-                    match event.transition {
-                        Transition::Terminating => self.terminate(&target, metrics).await,
-                        Transition::Launching => {
-                            self.launch(&target, event.into_warm_pool(), metrics).await
-                        }
-                    }
-                };
-                result.log();
-                Ok(vec![result])
-            }
+            Message::Sweep => self.sweep(deadline).await,
+            Message::Lifecycle(event) => Ok(vec![self.lifecycle_event(event, deadline).await]),
         }
     }
 
-    fn result_for(&self, target: &Target<'_>) -> InstanceResult {
-        InstanceResult::new(
-            Some(&target.group),
-            Some(&target.instance_id),
-            Some(target.transition),
-        )
+    /// One lifecycle action named by an event: left alone when it is not ours, else the flow of
+    /// its transition decides and the outcome is acted on.
+    async fn lifecycle_event(&self, event: LifecycleEvent, deadline: &Deadline) -> InstanceResult {
+        let target = Target {
+            group: event.group.clone(),
+            instance_id: event.instance_id.clone(),
+            keys: vec![ActionKey {
+                group: event.group.clone(),
+                hook: event.hook.clone(),
+                instance_id: event.instance_id.clone(),
+                token: Some(event.token.clone()),
+            }],
+            transition: event.transition,
+            deadline,
+        };
+        let outcome = match self.not_ours(&event) {
+            Some(detail) => Outcome::skip(detail),
+            None => match event.transition {
+                Transition::Terminating => self.terminate(&target).await,
+                Transition::Launching => self.launch(&target, event.into_warm_pool()).await,
+            },
+        };
+        self.act(target.subject(), outcome).await
+    }
+
+    /// Why the event's action is not ours to touch, if it is not.
+    fn not_ours(&self, event: &LifecycleEvent) -> Option<String> {
+        if !self.config.handles_group(&event.group) {
+            Some(format!("group {} is not in ASG_NAMES", event.group))
+        } else if !self.config.owns_hook(&event.hook) {
+            Some(format!(
+                "hook {} is not in LIFECYCLE_HOOK_NAMES ({}): another tool's lifecycle action, left alone",
+                event.hook,
+                self.config.lifecycle_hook_names.join(",")
+            ))
+        } else {
+            None
+        }
     }
 
     /// The common start of a flow: fail at once if a circuit it needs is open, hold inside the
     /// deadline reserve, then read the group's instances (holding if EC2 cannot be read). `Err`
-    /// carries the finished result.
+    /// carries the flow's outcome.
     async fn start_flow(
         &self,
         target: &Target<'_>,
         dependencies: &[Dependency],
         work: &str,
-        metrics: &mut InvocationMetrics,
-    ) -> Result<(InstanceResult, Vec<Instance>), InstanceResult> {
-        let result = self.result_for(target);
+    ) -> Result<Vec<Instance>, Outcome> {
         if let Err(open) = self.resilience.ensure_closed(dependencies) {
             // No call to the open dependency. If Auto Scaling itself is reachable, the instance
             // is still held (one heartbeat) so a long outage does not let its hook time out.
@@ -381,29 +442,20 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                     .ensure_closed(&[Dependency::Autoscaling])
                     .is_ok()
             {
-                let reason = open.to_string();
-                return Err(self
-                    .hold(target, result, reason, Some(open.into()), metrics)
-                    .await);
+                return Err(Outcome::hold(Cause::from(open)));
             }
-            return Err(fail(result, open.into()));
+            return Err(Outcome::Fail(open.into()));
         }
         if target.deadline.in_reserve(Instant::now()) {
             let reason = format!("too little time left before the deadline to {work}");
-            return Err(self.hold(target, result, reason, None, metrics).await);
+            return Err(Outcome::hold(Cause::other(reason)));
         }
-        match self
-            .fleet
+        self.fleet
             .group_instances(&self.config.cluster_groups(&target.group), target.deadline)
             .await
-        {
-            Ok(instances) => Ok((result, instances)),
-            Err(e) => {
-                let (reason, error) = aws_cause(&e);
-                let reason = format!("cannot list the group's instances: {reason}");
-                Err(self.hold(target, result, reason, error, metrics).await)
-            }
-        }
+            .map_err(|e| {
+                Outcome::hold(Cause::from(&e).prefixed("cannot list the group's instances"))
+            })
     }
 
     /// Removes one member under the quorum check and the voter floor `min_voters`, moving
@@ -415,42 +467,12 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         member: &Member,
         min_voters: u32,
         deadline: &Deadline,
-        metrics: &mut InvocationMetrics,
     ) -> RemovalOutcome {
-        if !view.confirmed_by_leader {
-            return RemovalOutcome::Unsafe {
-                reason: format!(
-                    "member {} not removed: the member list was not confirmed by a leader a majority follows{}",
-                    display_name(member),
-                    not_healthy_summary(view)
-                ),
-                error: None,
-            };
-        }
-        let verdict = quorum_after_removal(view, member.id, min_voters);
-        let harm = match &verdict {
-            Verdict::Safe { .. } => None,
-            Verdict::Unsafe { .. } => Some("would break quorum"),
-            Verdict::BelowFloor { .. } => Some("would leave too few voters"),
-        };
-        if let Some(harm) = harm {
-            metrics.quorum_holds += 1;
-            return RemovalOutcome::Unsafe {
-                reason: format!(
-                    "removing member {} ({:x}) {harm}: {}{}",
-                    display_name(member),
-                    member.id,
-                    verdict.reason(),
-                    not_healthy_summary(view)
-                ),
-                error: None,
-            };
+        if let Some(cause) = removal_forbidden(view, member, min_voters) {
+            return RemovalOutcome::Unsafe(cause);
         }
         let mut view = view.clone();
-        let leader_moved = match self
-            .move_leadership_away(&view, member, deadline, metrics)
-            .await
-        {
+        let leader_moved = match self.move_leadership_away(&view, member, deadline).await {
             Ok(Some(to)) => {
                 view.leader = Some(to);
                 true
@@ -462,20 +484,16 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             return deadline_unsafe();
         }
         match self.membership.remove(&view, member.id, deadline).await {
-            Ok(Removal::Removed) => {
-                metrics.members_removed += 1;
-                RemovalOutcome::Removed { leader_moved }
-            }
+            Ok(Removal::Removed) => RemovalOutcome::Removed { leader_moved },
             Ok(Removal::AlreadyGone) => RemovalOutcome::AlreadyGone,
             Err(e) => {
+                let mut cause = Cause::from(&e)
+                    .prefixed(format!("member {} not removed", display_name(member)));
+                // etcd's strict reconfig check refused: a second guard of quorum.
                 if matches!(e, MembershipError::Refused { .. }) {
-                    metrics.quorum_holds += 1;
+                    cause.kind = CauseKind::Quorum;
                 }
-                let (reason, error) = etcd_cause(&e);
-                RemovalOutcome::Unsafe {
-                    reason: format!("member {} not removed: {reason}", display_name(member)),
-                    error,
-                }
+                RemovalOutcome::Unsafe(cause)
             }
         }
     }
@@ -488,122 +506,53 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         view: &ClusterView,
         member: &Member,
         deadline: &Deadline,
-        metrics: &mut InvocationMetrics,
     ) -> Result<Option<u64>, RemovalOutcome> {
         if view.leader != Some(member.id) || view.members.len() <= 1 {
             return Ok(None);
         }
         let Some(to) = leader_candidate(view, member.id) else {
-            metrics.quorum_holds += 1;
-            return Err(RemovalOutcome::Unsafe {
-                reason: format!(
-                    "member {} leads and no healthy, caught-up voter can take over{}",
-                    display_name(member),
-                    not_healthy_summary(view)
-                ),
-                error: None,
-            });
+            return Err(RemovalOutcome::Unsafe(Cause::quorum(format!(
+                "member {} leads and no healthy, caught-up voter can take over{}",
+                display_name(member),
+                not_healthy_summary(view)
+            ))));
         };
         if deadline.in_reserve(Instant::now()) {
             return Err(deadline_unsafe());
         }
         if let Err(e) = self.membership.move_leader(view, to, deadline).await {
-            let (reason, error) = etcd_cause(&e);
-            return Err(RemovalOutcome::Unsafe {
-                reason: format!(
-                    "could not move leadership away from {}: {reason}",
-                    display_name(member)
-                ),
-                error,
-            });
+            return Err(RemovalOutcome::Unsafe(Cause::from(&e).prefixed(format!(
+                "could not move leadership away from {}",
+                display_name(member)
+            ))));
         }
         Ok(Some(to))
     }
+}
 
-    /// Holds the instance in its wait state: a heartbeat for each of our actions, and an error
-    /// so the event comes back.
-    async fn hold(
-        &self,
-        target: &Target<'_>,
-        mut result: InstanceResult,
-        reason: String,
-        error: Option<HandlerError>,
-        metrics: &mut InvocationMetrics,
-    ) -> InstanceResult {
-        let finishing = target.deadline.finishing();
-        let mut recorded = false;
-        for key in &target.keys {
-            match self.lifecycle.heartbeat(key, &finishing).await {
-                Ok(Heartbeat::Recorded) => {
-                    metrics.heartbeats += 1;
-                    recorded = true;
-                }
-                Ok(Heartbeat::ActionOver) => {}
-                Err(e) => {
-                    let heartbeat_error =
-                        error_for_aws_failure(&target.group, &target.instance_id, &e);
-                    result.detail = format!("{reason}; and the heartbeat failed: {e}");
-                    let error = match (error, heartbeat_error) {
-                        (Some(HandlerError::CircuitOpen(open)), _)
-                        | (_, HandlerError::CircuitOpen(open)) => HandlerError::CircuitOpen(open),
-                        _ => HandlerError::Failed {
-                            instance_id: target.instance_id.clone(),
-                            group: target.group.clone(),
-                            detail: result.detail.clone(),
-                        },
-                    };
-                    return fail(result, error);
-                }
-            }
-        }
-        if !recorded {
-            result.action = Action::Skipped;
-            result.result = "ACTION_OVER";
-            result.detail = format!("{reason}; the lifecycle action is no longer active, so there is nothing to hold (the sweep removes a stale member)");
-            return result;
-        }
-        result.action = Action::Held;
-        result.result = "HEARTBEAT";
-        result.error = Some(error.unwrap_or_else(|| HandlerError::Held {
-            instance_id: target.instance_id.clone(),
-            group: target.group.clone(),
-            reason: reason.clone(),
-        }));
-        result.detail = reason;
-        result
+/// Why `member` may not be removed from `view` at all now: a member list no leader confirmed,
+/// or quorum or the voter floor (a quorum hold).
+fn removal_forbidden(view: &ClusterView, member: &Member, min_voters: u32) -> Option<Cause> {
+    if !view.confirmed_by_leader {
+        return Some(Cause::other(format!(
+            "member {} not removed: the member list was not confirmed by a leader a majority follows{}",
+            display_name(member),
+            not_healthy_summary(view)
+        )));
     }
-
-    /// Completes each of our actions with `CONTINUE`.
-    async fn complete(
-        &self,
-        target: &Target<'_>,
-        mut result: InstanceResult,
-        metrics: &mut InvocationMetrics,
-    ) -> InstanceResult {
-        let finishing = target.deadline.finishing();
-        let mut completed = false;
-        for key in &target.keys {
-            match self.lifecycle.complete(key, &finishing).await {
-                Ok(Completion::Completed) => {
-                    metrics.completed("CONTINUE");
-                    completed = true;
-                }
-                Ok(Completion::AlreadyDone) => metrics.completed("ALREADY_DONE"),
-                Err(e) => {
-                    let error = error_for_aws_failure(&target.group, &target.instance_id, &e);
-                    result.detail = format!("{}; completion failed: {e}", result.detail);
-                    return fail(result, error);
-                }
-            }
-        }
-        result.action = Action::Completed;
-        result.result = if completed {
-            "CONTINUE"
-        } else {
-            "ALREADY_DONE"
-        };
-        result
-    }
+    let verdict = quorum_after_removal(view, member.id, min_voters);
+    let harm = match &verdict {
+        Verdict::Safe { .. } => return None,
+        Verdict::Unsafe { .. } => "would break quorum",
+        Verdict::BelowFloor { .. } => "would leave too few voters",
+    };
+    Some(Cause::quorum(format!(
+        "removing member {} ({:x}) {harm}: {}{}",
+        display_name(member),
+        member.id,
+        verdict.reason(),
+        not_healthy_summary(view)
+    )))
 }
 
 fn display_name(member: &Member) -> String {
@@ -640,20 +589,9 @@ fn not_healthy_summary(view: &ClusterView) -> String {
 }
 
 fn deadline_unsafe() -> RemovalOutcome {
-    RemovalOutcome::Unsafe {
-        reason: "too little time left before the deadline to change membership".into(),
-        error: None,
-    }
-}
-
-fn fail(mut result: InstanceResult, error: HandlerError) -> InstanceResult {
-    result.action = Action::Failed;
-    result.result = "ERROR";
-    if result.detail.is_empty() {
-        result.detail = error.to_string();
-    }
-    result.error = Some(error);
-    result
+    RemovalOutcome::Unsafe(Cause::other(
+        "too little time left before the deadline to change membership",
+    ))
 }
 
 /// The invocation's error for a failed AWS call (`aws::aws_error` made the `AwsError`): an open
@@ -670,23 +608,6 @@ fn error_for_aws_failure(group: &str, instance_id: &str, e: &AwsError) -> Handle
             group: group.into(),
             detail: other.to_string(),
         },
-    }
-}
-
-/// The reason text of an AWS failure, and the error to answer if it is an open circuit.
-fn aws_cause(e: &AwsError) -> (String, Option<HandlerError>) {
-    match e {
-        AwsError::CircuitOpen(open) => (open.to_string(), Some(HandlerError::CircuitOpen(*open))),
-        other => (other.to_string(), None),
-    }
-}
-
-fn etcd_cause(e: &MembershipError) -> (String, Option<HandlerError>) {
-    match e {
-        MembershipError::CircuitOpen(open) => {
-            (open.to_string(), Some(HandlerError::CircuitOpen(*open)))
-        }
-        other => (other.to_string(), None),
     }
 }
 

@@ -12,7 +12,6 @@ use super::{display_name, Handler, RemovalOutcome};
 use crate::membership::{
     find_member, identities_to_look_up, peer_host, silent_members, stale_members,
 };
-use crate::metrics::InvocationMetrics;
 use crate::model::{
     ClusterView, Fleet, Instance, Lifecycle, Member, Membership, MembershipError, Promotion,
 };
@@ -22,7 +21,7 @@ use crate::resilience::policy::Deadline;
 pub(super) struct Cleanup {
     pub view: ClusterView,
     pub notes: Vec<String>,
-    pub removed: usize,
+    pub removed: u64,
     /// A stale member is still there (unsafe to remove, out of time, not checked).
     pub stale_left: bool,
 }
@@ -69,33 +68,22 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         mut view: ClusterView,
         instances: &[Instance],
         deadline: &Deadline,
-        metrics: &mut InvocationMetrics,
     ) -> Cleanup {
         let mut notes: Vec<String> = Vec::new();
         let mut removed = 0;
-        let mut stale_left = false;
-        loop {
+        let stale_left = loop {
             let stale = match self.next_stale(&view, deadline, &mut notes).await {
                 Ok(Some(stale)) => stale,
-                Ok(None) => break,
-                Err(()) => {
-                    stale_left = true;
-                    break;
-                }
+                Ok(None) => break false,
+                Err(()) => break true,
             };
             if deadline.in_reserve(Instant::now()) {
                 notes.push("stale-member cleanup stopped at the deadline reserve".into());
-                stale_left = true;
-                break;
+                break true;
             }
+            let min_voters = self.config.etcd_min_voters;
             match self
-                .remove_member(
-                    &view,
-                    &stale,
-                    self.config.etcd_min_voters,
-                    deadline,
-                    metrics,
-                )
+                .remove_member(&view, &stale, min_voters, deadline)
                 .await
             {
                 RemovalOutcome::Removed { .. } => {
@@ -107,24 +95,23 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                     ));
                 }
                 RemovalOutcome::AlreadyGone => {}
-                RemovalOutcome::Unsafe { reason, .. } => {
+                RemovalOutcome::Unsafe(cause) => {
                     notes.push(format!(
-                        "stale member {} kept: {reason}",
-                        display_name(&stale)
+                        "stale member {} kept: {}",
+                        display_name(&stale),
+                        cause.text
                     ));
-                    stale_left = true;
-                    break;
+                    break true;
                 }
             }
             view = match self.membership.cluster(instances, deadline).await {
                 Ok(view) => view,
                 Err(e) => {
                     notes.push(format!("membership not re-read: {e}"));
-                    stale_left = true;
-                    break;
+                    break true;
                 }
             };
-        }
+        };
         Cleanup {
             view,
             notes,

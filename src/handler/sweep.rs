@@ -2,35 +2,37 @@
 //! clean up stale members and add a missing learner.
 //!
 //! Every group of `ASG_NAMES` is listed first (its hooks, its instances and its warm pool's).
-//! With more than one group listed, every waiting instance of every group then gets a heartbeat
-//! on each of our hooks it may be waiting on, before any work starts: a slow group (a lock wait,
-//! a leader move, a Spot notice retried) cannot leave a later group's actions to time out. (With
-//! one group there is no other group's work to wait for; a flow that holds sends its own
-//! heartbeat, so a held instance gets one per sweep.) Then each group in turn: each waiting
+//! With more than one instance waiting (in any group), every waiting instance then gets a
+//! heartbeat on each of our hooks it may be waiting on, before any work starts: a slow group or
+//! instance (a lock wait, a leader move, a Spot notice retried) cannot leave a later one's
+//! actions to time out. (One alone has no other's work to wait for; a flow that holds sends its
+//! own heartbeat, so a held instance gets one per sweep.) Then each group in turn: each waiting
 //! instance on each of our hooks of what it may be waiting on, retained instances, stale members
-//! and a missing learner. A group that cannot be listed is reported as failed; the others are
-//! still handled.
+//! and a missing learner, each decided by its flow and acted on (`outcome.rs`) as its line of
+//! the summary. A group that cannot be listed is reported as failed; the others are still
+//! handled.
 //!
 //! `Warmed:Pending:Wait` is both an instance going back to the warm pool on scale-in (a
 //! terminate action) and one launching into the pool (a launch action); the sweep cannot tell
 //! which, so it takes the terminate flow on the hooks of both transitions (`WaitingOn`): with no
 //! member it completes them all, and while the removal is unsafe it holds them all.
 
-use super::{error_for_aws_failure, fail, Handler, HandlerError, InstanceResult, Target};
+use super::outcome::{Outcome, Subject};
+use super::reconcile::Cleanup;
+use super::{display_name, error_for_aws_failure, Handler, HandlerError, InstanceResult, Target};
 use crate::membership::{find_member, identity, Identity};
-use crate::metrics::InvocationMetrics;
 use crate::model::{
-    ActionKey, Fleet, GroupLifecycle, Heartbeat, Instance, Lifecycle, Membership, Transition,
-    WaitingInstance, WaitingOn,
+    ActionKey, ClusterView, Fleet, GroupLifecycle, Heartbeat, Instance, Lifecycle, Membership,
+    Transition, WaitingInstance, WaitingOn,
 };
 use crate::resilience::policy::Deadline;
 use crate::resilience::Dependency;
 
 /// One group as the sweep found it: its listing and a target for each waiting instance, or
-/// the failed result that says why it could not be listed.
+/// the error that says why it could not be listed.
 struct Listed<'a> {
     group: &'a str,
-    found: Result<(GroupLifecycle, Vec<Waiter<'a>>), InstanceResult>,
+    found: Result<(GroupLifecycle, Vec<Waiter<'a>>), HandlerError>,
 }
 
 /// A waiting instance and how the sweep handles it.
@@ -39,13 +41,14 @@ struct Waiter<'a> {
     waiting_on: WaitingOn,
     /// One key per hook of ours of each transition it may be waiting on (none: not ours).
     target: Target<'a>,
+    /// Heartbeats recorded for it before any work (counted with its summary line).
+    heartbeats: u64,
 }
 
 impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
     pub(super) async fn sweep(
         &self,
         deadline: &Deadline,
-        metrics: &mut InvocationMetrics,
     ) -> Result<Vec<InstanceResult>, HandlerError> {
         if self.config.asg_names.is_empty() {
             return Err(HandlerError::SweepWithoutGroups);
@@ -54,46 +57,56 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         for group in &self.config.asg_names {
             listed.push(self.list_group(group, deadline).await);
         }
-        // With more than one instance waiting (in any group), each is heartbeated before any
-        // work: holds under a quorum loss take seconds each (the lock's wait), and the last in
-        // line must not time out behind the others (seen in chaos: 7 held instances, the sweep's
-        // time spent before the last one's turn). One alone gets its heartbeat from its own flow.
-        let waiting: Vec<_> = listed.iter().flat_map(|l| l.waiters()).collect();
-        if waiting.len() > 1 {
-            for waiter in waiting {
-                self.keep_waiting(&waiter.target, metrics).await;
-            }
-        }
+        self.keep_all_waiting(&mut listed).await;
         let mut results = Vec::new();
-        for Listed { group, found } in listed {
-            let (lifecycle, waiters) = match found {
-                Ok(found) => found,
-                Err(failed) => {
-                    failed.log();
-                    results.push(failed);
-                    continue;
-                }
-            };
-            for waiter in &waiters {
-                let r = self.finish_waiting(waiter, metrics).await;
-                r.log();
-                results.push(r);
-            }
-            for instance in &lifecycle.retained {
-                let mut r =
-                    InstanceResult::new(Some(group), Some(instance), Some(Transition::Terminating));
-                r.detail = "retained by the group's instance lifecycle policy: once its member is gone, terminate it with TerminateInstanceInAutoScalingGroup".into();
-                r.log();
-                results.push(r);
-            }
-            let group_result = InstanceResult::new(Some(group), None, None);
-            let r = self
-                .sweep_membership(group, &lifecycle, group_result, deadline, metrics)
-                .await;
-            r.log();
-            results.push(r);
+        for group in listed {
+            results.extend(self.sweep_group(group, deadline).await);
         }
         Ok(results)
+    }
+
+    /// With more than one instance waiting (in any group), each is heartbeated before any
+    /// work: holds under a quorum loss take seconds each (the lock's wait), and the last in
+    /// line must not time out behind the others (seen in chaos: 7 held instances, the sweep's
+    /// time spent before the last one's turn). One alone gets its heartbeat from its own flow.
+    async fn keep_all_waiting(&self, listed: &mut [Listed<'_>]) {
+        if listed.iter().flat_map(|l| l.waiters()).count() <= 1 {
+            return;
+        }
+        for listed in listed.iter_mut() {
+            if let Ok((_, waiters)) = &mut listed.found {
+                for waiter in waiters {
+                    waiter.heartbeats = self.keep_waiting(&waiter.target).await;
+                }
+            }
+        }
+    }
+
+    /// One group's lines: each waiting instance, retained instances, then its membership work.
+    async fn sweep_group(&self, listed: Listed<'_>, deadline: &Deadline) -> Vec<InstanceResult> {
+        let group = listed.group;
+        let line = || Subject::line(Some(group), None, None, deadline);
+        let (lifecycle, waiters) = match listed.found {
+            Ok(found) => found,
+            Err(error) => return vec![self.act(line(), Outcome::Fail(error)).await],
+        };
+        let mut results = Vec::new();
+        for waiter in &waiters {
+            results.push(self.finish_waiting(waiter).await);
+        }
+        for instance in &lifecycle.retained {
+            let subject = Subject::line(
+                Some(group),
+                Some(instance),
+                Some(Transition::Terminating),
+                deadline,
+            );
+            let outcome = Outcome::skip("retained by the group's instance lifecycle policy: once its member is gone, terminate it with TerminateInstanceInAutoScalingGroup");
+            results.push(self.act(subject, outcome).await);
+        }
+        let outcome = self.sweep_membership(group, &lifecycle, deadline).await;
+        results.push(self.act(line(), outcome).await);
+        results
     }
 
     /// The group's hooks and waiting, retained and in-service instances (group and warm pool),
@@ -101,11 +114,10 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
     /// instance's flow then holds it even while EC2 or etcd is out, so no hook times out during
     /// an outage.
     async fn list_group<'a>(&self, group: &'a str, deadline: &'a Deadline) -> Listed<'a> {
-        let failed = || InstanceResult::new(Some(group), None, None);
         if let Err(open) = self.resilience.ensure_closed(&[Dependency::Autoscaling]) {
             return Listed {
                 group,
-                found: Err(fail(failed(), open.into())),
+                found: Err(open.into()),
             };
         }
         let found = match self.lifecycle.group_lifecycle(group, deadline).await {
@@ -117,18 +129,19 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                     .collect();
                 Ok((lifecycle, waiters))
             }
-            Err(e) => Err(fail(failed(), error_for_aws_failure(group, "", &e))),
+            Err(e) => Err(error_for_aws_failure(group, "", &e)),
         };
         Listed { group, found }
     }
 
-    /// One heartbeat on each of the instance's keys, before any group's work starts. A key
-    /// whose action is not waiting answers "no active action"; a failure is logged and left to
-    /// the instance's own flow, which holds or completes it.
-    async fn keep_waiting(&self, target: &Target<'_>, metrics: &mut InvocationMetrics) {
+    /// One heartbeat on each of the instance's keys, before any group's work starts: how many
+    /// were recorded. A key whose action is not waiting answers "no active action"; a failure is
+    /// logged and left to the instance's own flow, which holds or completes it.
+    async fn keep_waiting(&self, target: &Target<'_>) -> u64 {
+        let mut recorded = 0;
         for key in &target.keys {
             match self.lifecycle.heartbeat(key, target.deadline).await {
-                Ok(Heartbeat::Recorded) => metrics.heartbeats += 1,
+                Ok(Heartbeat::Recorded) => recorded += 1,
                 Ok(Heartbeat::ActionOver) => {}
                 Err(e) => tracing::warn!(
                     instance_id = %target.instance_id,
@@ -139,37 +152,36 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 ),
             }
         }
+        recorded
     }
 
     /// A waiting instance handled as its event would be, on every one of our hooks of what it
     /// may be waiting on (Auto Scaling does not say which of them it still waits on; a finished
     /// one answers "already done").
-    async fn finish_waiting(
-        &self,
-        waiter: &Waiter<'_>,
-        metrics: &mut InvocationMetrics,
-    ) -> InstanceResult {
+    async fn finish_waiting(&self, waiter: &Waiter<'_>) -> InstanceResult {
         let target = &waiter.target;
-        if target.keys.is_empty() {
-            let mut r = self.result_for(target);
-            r.detail = format!(
+        let mut subject = target.subject();
+        let outcome = if target.keys.is_empty() {
+            Outcome::skip(format!(
                 "{}: no hook of ours for this transition (LIFECYCLE_HOOK_NAMES)",
                 waiter.lifecycle_state
-            );
-            return r;
-        }
-        match waiter.waiting_on {
-            WaitingOn::Launch => self.launch(target, false, metrics).await,
-            WaitingOn::Terminate => self.terminate(target, metrics).await,
-            WaitingOn::LaunchOrTerminate => {
-                let mut r = self.terminate(target, metrics).await;
-                r.detail = format!(
-                    "{}: launching into the warm pool or going back to it on scale-in, handled as leaving the cluster: {}",
-                    waiter.lifecycle_state, r.detail
-                );
-                r
+            ))
+        } else {
+            match waiter.waiting_on {
+                WaitingOn::Launch => self.launch(target, false).await,
+                WaitingOn::Terminate => self.terminate(target).await,
+                WaitingOn::LaunchOrTerminate => {
+                    subject.preface = Some(format!(
+                        "{}: launching into the warm pool or going back to it on scale-in, handled as leaving the cluster",
+                        waiter.lifecycle_state
+                    ));
+                    self.terminate(target).await
+                }
             }
-        }
+        };
+        let mut result = self.act(subject, outcome).await;
+        result.tally.heartbeats += waiter.heartbeats;
+        result
     }
 
     /// Stale members of instances that died without a hook (terminated through EC2), and, with
@@ -179,75 +191,94 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         &self,
         group: &str,
         lifecycle: &GroupLifecycle,
-        mut result: InstanceResult,
         deadline: &Deadline,
-        metrics: &mut InvocationMetrics,
-    ) -> InstanceResult {
+    ) -> Outcome {
         if let Err(open) = self
             .resilience
             .ensure_closed(&[Dependency::Ec2, Dependency::Etcd])
         {
-            result.detail = format!("membership left as is: {open}");
-            return result;
+            return Outcome::skip(format!("membership left as is: {open}"));
         }
         let groups = self.config.cluster_groups(group);
         let instances = match self.fleet.group_instances(&groups, deadline).await {
             Ok(instances) => instances,
-            Err(e) => return fail(result, error_for_aws_failure(group, "", &e)),
+            Err(e) => return Outcome::Fail(error_for_aws_failure(group, "", &e)),
         };
         let lock = match self.membership.lock(&instances, deadline).await {
             Ok(lock) => lock,
             Err(e) => {
-                result.detail =
-                    format!("membership left as is: cannot take the membership lock: {e}");
-                return result;
+                return Outcome::skip(format!(
+                    "membership left as is: cannot take the membership lock: {e}"
+                ))
             }
         };
-        let mut notes = Vec::new();
-        match self.view_with_promotions(&instances, deadline).await {
-            Err(e) => notes.push(format!("membership left as is: {e}")),
-            Ok((view, promoted)) => {
-                notes.extend(promoted);
-                let cleanup = self.remove_stale(view, &instances, deadline, metrics).await;
-                result.member_removed = cleanup.removed > 0;
-                notes.extend(cleanup.notes.iter().cloned());
-                if self.config.etcd_add_learner_on_launch {
-                    if let Some(unknown) = cleanup
-                        .view
-                        .members
-                        .iter()
-                        .find(|m| identity(m) == Identity::Unknown)
-                    {
-                        // Its instance may be one that looks member-less here: a learner added
-                        // for it would be a second member for one machine.
-                        notes.push(format!(
-                            "no missing learner added: member {} names no instance or IP, so which instances have a member cannot be told",
-                            super::display_name(unknown)
-                        ));
-                    } else if let Some(missing) =
-                        without_member(&cleanup.view, lifecycle, &instances)
-                    {
-                        let note = match self.add_learner(&cleanup, missing, deadline).await {
-                            Ok(note) | Err(note) => note,
-                        };
-                        notes.push(format!("{} has no member: {note}", missing.id));
-                    }
-                }
-            }
-        }
+        let (notes, removed) = self.sweep_under_lock(lifecycle, &instances, deadline).await;
         self.membership.unlock(lock, deadline).await;
-        result.detail = if notes.is_empty() {
+        let detail = if notes.is_empty() {
             "membership matches the group".into()
         } else {
             notes.join("; ")
         };
-        result
+        Outcome::Skip { detail, removed }
+    }
+
+    /// The sweep's membership work under the lock: promotions, stale members, a missing
+    /// learner. The notes that say what was done, and how many members were removed.
+    async fn sweep_under_lock(
+        &self,
+        lifecycle: &GroupLifecycle,
+        instances: &[Instance],
+        deadline: &Deadline,
+    ) -> (Vec<String>, u64) {
+        let (view, mut notes) = match self.view_with_promotions(instances, deadline).await {
+            Ok(read) => read,
+            Err(e) => return (vec![format!("membership left as is: {e}")], 0),
+        };
+        let cleanup = self.remove_stale(view, instances, deadline).await;
+        notes.extend(cleanup.notes.iter().cloned());
+        if self.config.etcd_add_learner_on_launch {
+            if let Some(note) = self
+                .missing_learner(&cleanup, lifecycle, instances, deadline)
+                .await
+            {
+                notes.push(note);
+            }
+        }
+        (notes, cleanup.removed)
+    }
+
+    /// A learner for the first in-service instance with no member, and what came of it.
+    async fn missing_learner(
+        &self,
+        cleanup: &Cleanup,
+        lifecycle: &GroupLifecycle,
+        instances: &[Instance],
+        deadline: &Deadline,
+    ) -> Option<String> {
+        let view = &cleanup.view;
+        if let Some(unknown) = view
+            .members
+            .iter()
+            .find(|m| identity(m) == Identity::Unknown)
+        {
+            // Its instance may be one that looks member-less here: a learner added for it would
+            // be a second member for one machine.
+            return Some(format!(
+                "no missing learner added: member {} names no instance or IP, so which instances have a member cannot be told",
+                display_name(unknown)
+            ));
+        }
+        let missing = without_member(view, lifecycle, instances)?;
+        let note = match self.add_learner(cleanup, missing, deadline).await {
+            Ok(note) | Err(note) => note,
+        };
+        Some(format!("{} has no member: {note}", missing.id))
     }
 }
 
 /// The first in-service, running instance of the group with no member (one learner at a time).
 fn without_member<'a>(
-    view: &crate::model::ClusterView,
+    view: &ClusterView,
     lifecycle: &GroupLifecycle,
     instances: &'a [Instance],
 ) -> Option<&'a Instance> {
@@ -288,6 +319,7 @@ fn waiter<'a>(
             transition: waiting_on.flow(),
             deadline,
         },
+        heartbeats: 0,
     })
 }
 

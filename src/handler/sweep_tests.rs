@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 
 use super::super::tests::{instance, minute, Calls, FakeFleet, FakeMembership, World};
 use super::super::{Action, Handler, HandlerError, InstanceResult};
-use crate::metrics::InvocationMetrics;
 use crate::model::{
     ActionKey, AwsError, Completion, GroupLifecycle, Heartbeat, Hook, Lifecycle, Transition,
     WaitingInstance, WaitingOn,
@@ -152,9 +151,7 @@ fn build(
 }
 
 async fn sweep(h: &SweepHandler) -> Vec<InstanceResult> {
-    h.sweep(&minute(), &mut InvocationMetrics::default())
-        .await
-        .expect("ASG_NAMES is set")
+    h.sweep(&minute()).await.expect("ASG_NAMES is set")
 }
 
 fn result_of(results: &[InstanceResult], n: u8) -> &InstanceResult {
@@ -256,7 +253,7 @@ async fn a_warm_pool_scale_in_removes_its_member_then_completes() {
 
     let r = result_of(&results, 3);
     assert_eq!(
-        (r.action, r.result),
+        (r.action, r.result.as_str()),
         (Action::Completed, "CONTINUE"),
         "{r:?}"
     );
@@ -289,7 +286,7 @@ async fn a_warm_pool_launch_without_a_member_completes_both_hooks() {
 
     let r = result_of(&results, 4);
     assert_eq!(
-        (r.action, r.result),
+        (r.action, r.result.as_str()),
         (Action::Completed, "CONTINUE"),
         "{r:?}"
     );

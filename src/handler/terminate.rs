@@ -1,15 +1,12 @@
 //! Terminate: find the instance's member, check quorum and the voter floor, move leadership
-//! away, remove the member, then complete. Held when unsafe; a confirmed Spot interruption,
-//! which no hold can stop, is tried again within its notice and then let go.
+//! away, remove the member, then decide to complete. Held when unsafe; a confirmed Spot
+//! interruption, which no hold can stop, is tried again within its notice and then let go.
 
 use tokio::time::Instant;
 
-use super::{
-    aws_cause, display_name, etcd_cause, Handler, HandlerError, InstanceResult, RemovalOutcome,
-    Target,
-};
+use super::outcome::{Cause, Outcome};
+use super::{display_name, Handler, RemovalOutcome, Target};
 use crate::membership::{absence_proven, find_member, identities_to_look_up, Absence};
-use crate::metrics::InvocationMetrics;
 use crate::model::{ClusterView, Fleet, Instance, Lifecycle, Member, Membership, MembershipError};
 use crate::resilience::policy::{Deadline, SPOT_NOTICE, SPOT_RETRY_PAUSE};
 use crate::resilience::Dependency;
@@ -23,42 +20,46 @@ enum Decision {
         leader_moved: bool,
     },
     /// Not safe now (or not decidable: the lock or the view could not be had).
-    Unsafe {
-        reason: String,
-        error: Option<HandlerError>,
-    },
+    Unsafe(Cause),
 }
 
 impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
-    pub(super) async fn terminate(
-        &self,
-        target: &Target<'_>,
-        metrics: &mut InvocationMetrics,
-    ) -> InstanceResult {
-        let (mut result, instances) = match self
+    pub(super) async fn terminate(&self, target: &Target<'_>) -> Outcome {
+        let instances = match self
             .start_flow(
                 target,
                 &[Dependency::Autoscaling, Dependency::Ec2, Dependency::Etcd],
                 "change membership",
-                metrics,
             )
             .await
         {
-            Ok(started) => started,
-            Err(done) => return done,
+            Ok(instances) => instances,
+            Err(outcome) => return outcome,
         };
         let instance = match self.terminating_instance(target, &instances).await {
             Ok(instance) => instance,
             Err(reason) => {
                 let reason = format!("cannot look up the terminating instance: {reason}");
-                return self.hold(target, result, reason, None, metrics).await;
+                return Outcome::hold(Cause::other(reason));
             }
         };
         let interrupted = self.spot_interruption(&instance, target.deadline).await;
-        // A confirmed interruption takes the machine in two minutes whatever is decided: its
-        // member kept, a cluster at the voter floor loses quorum then (two voters, one gone);
-        // removed, it keeps a quorum of the voters left. So the floor does not hold it back;
-        // quorum still does, and the last voter is never removed.
+        self.removal_outcome(target, &instances, &instance, interrupted)
+            .await
+    }
+
+    /// The removal decided under the lock, as the terminate's outcome. A confirmed interruption
+    /// takes the machine in two minutes whatever is decided: its member kept, a cluster at the
+    /// voter floor loses quorum then (two voters, one gone); removed, it keeps a quorum of the
+    /// voters left. So the floor does not hold it back; quorum still does, and the last voter is
+    /// never removed.
+    async fn removal_outcome(
+        &self,
+        target: &Target<'_>,
+        instances: &[Instance],
+        instance: &Instance,
+        interrupted: Option<String>,
+    ) -> Outcome {
         let floor = if interrupted.is_some() {
             1
         } else {
@@ -67,21 +68,20 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         let started = Instant::now();
         loop {
             let (mut notes, decision) = self
-                .decide_removal(&instances, &instance, floor, target.deadline, metrics)
+                .decide_removal(instances, instance, floor, target.deadline)
                 .await;
-            match decision {
+            let (removed, leader_moved) = match decision {
                 Decision::Done {
                     note,
                     removed,
                     leader_moved,
                 } => {
-                    result.member_removed = removed;
-                    result.leader_moved = leader_moved;
                     notes.push(note);
+                    (removed, leader_moved)
                 }
-                Decision::Unsafe { reason, error } => {
+                Decision::Unsafe(cause) => {
                     let Some(interruption) = &interrupted else {
-                        return self.hold(target, result, reason, error, metrics).await;
+                        return Outcome::hold(cause);
                     };
                     // No hold can keep an interrupted Spot instance: try again while its
                     // notice runs, then let it go with its member kept (never knowingly
@@ -89,17 +89,22 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                     // machine is gone and the removal is safe.
                     let next = Instant::now() + SPOT_RETRY_PAUSE;
                     if next < started + SPOT_NOTICE && next < target.deadline.work_until() {
-                        tracing::warn!(instance_id = %target.instance_id, %reason, "spot interruption: removal not safe yet, trying again");
+                        tracing::warn!(instance_id = %target.instance_id, reason = %cause.text, "spot interruption: removal not safe yet, trying again");
                         tokio::time::sleep(SPOT_RETRY_PAUSE).await;
                         continue;
                     }
                     notes.push(format!(
-                        "{interruption}: it cannot be held; member kept: {reason}; the stale-member cleanup removes it once its machine is gone and that is safe"
+                        "{interruption}: it cannot be held; member kept: {}; the stale-member cleanup removes it once its machine is gone and that is safe",
+                        cause.text
                     ));
+                    (false, false)
                 }
-            }
-            result.detail = notes.join("; ");
-            return self.complete(target, result, metrics).await;
+            };
+            return Outcome::Complete {
+                detail: notes.join("; "),
+                removed: u64::from(removed),
+                leader_moved,
+            };
         }
     }
 
@@ -129,7 +134,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 spot: false,
                 spot_request_id: None,
             }),
-            Err(e) => Err(aws_cause(&e).0),
+            Err(e) => Err(Cause::from(&e).text),
         }
     }
 
@@ -200,29 +205,22 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         match self.fleet.existing_instances(&ids, &ips, deadline).await {
             Ok(found) => known.extend(found),
             Err(e) => {
-                let (cause, error) = aws_cause(&e);
-                return Decision::Unsafe {
-                    reason: format!(
-                        "no member matches this instance, and EC2 could not be asked which instances carry the unmatched voters: {cause}"
-                    ),
-                    error,
-                };
+                return Decision::Unsafe(Cause::from(&e).prefixed(
+                    "no member matches this instance, and EC2 could not be asked which instances carry the unmatched voters",
+                ));
             }
         }
         match absence_proven(view, instance, &known) {
             Ok(()) => absent(),
             Err(Absence::Unconfirmed) => unconfirmed(),
-            Err(Absence::Unaccounted(members)) => Decision::Unsafe {
-                reason: format!(
+            Err(Absence::Unaccounted(members)) => Decision::Unsafe(Cause::other(format!(
                     "no member matches this instance, but voting member(s) {} match no other instance and may be this one's (a name that says nothing of its machine, at an address no other instance has): name members by instance ID or private DNS name, or advertise the instances' private addresses",
                     members
                         .iter()
                         .map(|m| format!("{} ({:x}, {})", display_name(m), m.id, m.peer_urls.join(",")))
                         .collect::<Vec<_>>()
                         .join("; ")
-                ),
-                error: None,
-            },
+                ))),
         }
     }
 
@@ -234,18 +232,17 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         instance: &Instance,
         min_voters: u32,
         deadline: &Deadline,
-        metrics: &mut InvocationMetrics,
     ) -> (Vec<String>, Decision) {
         let lock = match self.membership.lock(instances, deadline).await {
             Ok(lock) => lock,
             Err(e) => {
-                let mut decision = unsafe_because("cannot take the membership lock", &e);
-                if let (MembershipError::WritesRefused { .. }, Decision::Unsafe { reason, .. }) =
-                    (&e, &mut decision)
-                {
-                    reason.push_str(&self.alarms_named(instances, deadline).await);
+                let mut cause = Cause::from(&e).prefixed("cannot take the membership lock");
+                if let MembershipError::WritesRefused { .. } = e {
+                    cause
+                        .text
+                        .push_str(&self.alarms_named(instances, deadline).await);
                 }
-                return (Vec::new(), decision);
+                return (Vec::new(), Decision::Unsafe(cause));
             }
         };
         let decided = match self.view_with_promotions(instances, deadline).await {
@@ -261,7 +258,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 ),
                 Some(member) => {
                     let outcome = self
-                        .remove_member(&view, member, min_voters, deadline, metrics)
+                        .remove_member(&view, member, min_voters, deadline)
                         .await;
                     (notes, decision_from(member, outcome))
                 }
@@ -277,18 +274,11 @@ fn absent() -> Decision {
 }
 
 fn unconfirmed() -> Decision {
-    Decision::Unsafe {
-        reason: "no member matches this instance, but the member list was not confirmed by a leader a majority follows, so absence is not proven".into(),
-        error: None,
-    }
+    Decision::Unsafe(Cause::other("no member matches this instance, but the member list was not confirmed by a leader a majority follows, so absence is not proven"))
 }
 
 fn unsafe_because(what: &str, e: &MembershipError) -> Decision {
-    let (reason, error) = etcd_cause(e);
-    Decision::Unsafe {
-        reason: format!("{what}: {reason}"),
-        error,
-    }
+    Decision::Unsafe(Cause::from(e).prefixed(what))
 }
 
 fn done(note: &str) -> Decision {
@@ -315,6 +305,6 @@ fn decision_from(member: &Member, outcome: RemovalOutcome) -> Decision {
             leader_moved,
         },
         RemovalOutcome::AlreadyGone => done(&format!("member {name} ({id:x}) was already removed")),
-        RemovalOutcome::Unsafe { reason, error } => Decision::Unsafe { reason, error },
+        RemovalOutcome::Unsafe(cause) => Decision::Unsafe(cause),
     }
 }

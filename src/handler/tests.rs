@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::metrics::memory_sink;
-use crate::model::{GroupLifecycle, Hook, Promotion, WaitingInstance};
+use crate::model::{Completion, GroupLifecycle, Heartbeat, Hook, Promotion, WaitingInstance};
 use crate::resilience::breaker::State;
 
 const GROUP: &str = "etcd-asg";
