@@ -264,8 +264,8 @@ impl EtcdMembership {
     }
 
     /// A membership change, sent to the current leader first (then the other members), tried
-    /// again for up to [`REFUSAL_WAIT`](crate::resilience::policy::REFUSAL_WAIT) while etcd refuses it as "unhealthy cluster".
-    /// `last` is the member to ask only when no other answers (the one being removed).
+    /// again for up to [`REFUSAL_WAIT`](crate::resilience::policy::REFUSAL_WAIT) while etcd
+    /// refuses it as "unhealthy cluster". `last` is the member to ask only when no other answers (the one being removed).
     pub(super) async fn change<T, F, Fut>(
         &self,
         operation: &'static str,
