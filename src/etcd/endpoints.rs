@@ -115,7 +115,9 @@ impl EtcdMembership {
     /// This invocation's client for `url`: made on first use and kept until the invocation ends
     /// (or a call through it gets no answer), so each member asked costs one connection (one TLS
     /// handshake) however many requests go to it: the member list, its status (asked twice when
-    /// it leads), the lock and the change. A client from an earlier invocation is never reused:
+    /// it leads), the lock and the change. A call through it that gets no usable answer (silence,
+    /// a TLS failure, "try again", a removed member's stale answer) drops it, so a retry dials
+    /// afresh. A client from an earlier invocation is never reused:
     /// its member may be gone, and the connection may not have survived the freeze between
     /// invocations. The connection itself is opened by the first request (etcd-client's channel
     /// is lazy); the callers bound every request by the deadline.
@@ -143,8 +145,8 @@ impl EtcdMembership {
         Ok(client)
     }
 
-    /// Drops the client for `url` after a call through it got no answer: the next call dials
-    /// again rather than wait on a connection that may be dead.
+    /// Drops the client for `url` after a call through it got no usable answer: the next call
+    /// dials again rather than wait on a connection that may be dead.
     pub(super) fn forget_client(&self, url: &str) {
         lock(&self.clients).by_url.remove(url);
     }
@@ -215,7 +217,9 @@ impl EtcdMembership {
             };
             let silent = matches!(miss, EndpointMiss::Silent(_) | EndpointMiss::Tls(_));
             self.note_answer(&url, !silent);
-            if silent {
+            // A retry starts from a fresh connection, not one that just failed a call: etcd's
+            // "try again" answers are rare, so this costs a handshake only then.
+            if silent || matches!(miss, EndpointMiss::Busy(_) | EndpointMiss::Stale(_)) {
                 self.forget_client(&url);
             }
             tracing::debug!(endpoint = %url, miss = ?miss, "etcd endpoint gave no usable answer");

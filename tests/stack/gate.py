@@ -21,11 +21,12 @@ fault is armed:
                              (Trailers-Only), the way etcd answers when it cannot serve
     clear()                  back to plain forwarding (and open)
 
-Connection-count faults are deterministic for clients that open a connection per call (the
-function's etcd client does: every call builds its own client); `faulted` counts what the gate did,
-so a test can prove a fault was met. The HTTP/2 answer needs no HPACK decoder: the gate never
-reads the request headers, it only answers each new stream, and its own header block uses literal
-fields only, so no compression state is shared.
+Connection-count faults are deterministic for the function's etcd client: it opens one connection
+per member per invocation and dials again after a call through it gets no usable answer (silence,
+a reset, "try again"), so a connection that failed a call is never used again; `faulted` counts
+what the gate did, so a test can prove a fault was met. The HTTP/2 answer needs no HPACK decoder:
+the gate never reads the request headers, it only answers each new stream, and its own header
+block uses literal fields only, so no compression state is shared.
 
 Only sockets and threads this object created are ever closed.
 """
