@@ -22,8 +22,14 @@ inside the stack's fault layer): the rest is the function, etcd and the loopback
 With `--cold`, each invocation gets a freshly spawned process instead (latency from the spawn to
 the answer): the cold start plus the first real event.
 
+With `--connections`, each binary runs under `strace -e trace=connect` and every event also
+reports how many TCP connections the function opened to etcd's client port: each one is a TLS
+handshake with `--tls` (the cluster then serves its clients over TLS with client certificates).
+strace stops the process at each connect, so quote latency from a run without it.
+
     .venv/bin/python bench/warm.py --bin-dir .bench-bin --runs 100
     .venv/bin/python bench/warm.py --variant before=/tmp/a --variant after=/tmp/b --cold --runs 20
+    .venv/bin/python bench/warm.py --variant before=/tmp/a --variant after=/tmp/b --tls --connections
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ import collections
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -48,10 +56,14 @@ KINDS = ("remove", "gone")
 METRIC = re.compile(r'^grpc_server_handled_total\{[^}]*grpc_method="([^"]+)"[^}]*\} (\S+)$')
 
 
+ETCD_CLIENT_PORT = "htons(2379)"
+
+
 def etcd_counts(stack: Stack) -> collections.Counter:
     total: collections.Counter = collections.Counter()
     for url in stack.etcd.endpoints():
-        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        with urllib.request.urlopen(url + "/metrics", timeout=5,
+                                    context=stack.etcd.ssl_context) as r:
             for line in r.read().decode().splitlines():
                 m = METRIC.match(line)
                 if m:
@@ -101,6 +113,43 @@ class Armer:
                 del ec2.reservations[rid]
 
 
+class ConnectLog:
+    """The connect() calls of one binary, as `strace` writes them: the binary is wrapped in a
+    script that execs it under strace, and each event's share is what the log gained during it."""
+
+    def __init__(self, binary: str, workdir: str, name: str):
+        self.path = os.path.join(workdir, f"{name}.connect.log")
+        self.wrapper = os.path.join(workdir, f"{name}.traced")
+        with open(self.wrapper, "w") as f:
+            f.write("#!/bin/sh\n"
+                    f"exec strace -f -qq -e trace=connect -e signal=none -o '{self.path}' "
+                    f"'{binary}'\n")
+        os.chmod(self.wrapper, 0o755)
+        self.offset = 0
+
+    def take(self) -> int:
+        """Connections to etcd's client port since the last call."""
+        try:
+            with open(self.path) as f:
+                f.seek(self.offset)
+                text = f.read()
+                self.offset = f.tell()
+        except FileNotFoundError:
+            return 0
+        return sum(1 for line in text.splitlines()
+                   if "connect(" in line and ETCD_CLIENT_PORT in line)
+
+
+def traced_child(pid: int) -> int:
+    """The binary strace runs (its first child), for its peak RSS."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = f.read().split()
+    except OSError:
+        return pid
+    return int(children[0]) if children else pid
+
+
 class MotoClock:
     """Wraps moto inside the stack's fault layer to add up the time moto spends answering, so the
     function's own share of an invocation is the total minus this."""
@@ -137,6 +186,9 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=100, help="invocations per kind and variant")
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--cold", action="store_true", help="a fresh process per invocation")
+    p.add_argument("--tls", action="store_true", help="etcd serves clients over TLS")
+    p.add_argument("--connections", action="store_true",
+                   help="count each event's TCP connections to etcd (runs the binaries under strace)")
     p.add_argument("--json")
     args = p.parse_args()
 
@@ -149,7 +201,14 @@ def main() -> int:
         p.error("at most about 220 invocations fit in one stack's addresses")
 
     samples = []
-    with Stack(nodes=3) as stack:
+    traces = tempfile.mkdtemp(prefix="warm-connect-")
+    logs = {}
+    if args.connections:
+        if args.cold:
+            p.error("--connections counts a warm process's connections: not with --cold")
+        logs = {name: ConnectLog(binary, traces, name) for name, binary in variants}
+        variants = [(name, logs[name].wrapper) for name, _ in variants]
+    with Stack(nodes=3, etcd_tls=args.tls) as stack:
         armer = Armer(stack)
         clock = MotoClock(stack)
         fns = {}
@@ -160,6 +219,8 @@ def main() -> int:
                     action, _ = armer.arm("gone")
                     fns[name].invoke(stack.eventbridge(action))
                     armer.forget_terminated()
+                if name in logs:
+                    logs[name].take()
         combos = [(v, k) for v in variants for k in kinds]
         for r in range(args.runs):
             shift = r % len(combos)
@@ -184,6 +245,7 @@ def main() -> int:
                     latency = (inv.answered_at - inv.queued_at) * 1000
                     ok, payload = bool(inv.ok), inv.payload
                 moto_ms = (clock.spent - moto_before) * 1000
+                connections = logs[name].take() if name in logs else None
                 etcd_after = etcd_counts(stack)
                 aws_after = stack.aws.counts()
                 if args.cold:
@@ -196,13 +258,21 @@ def main() -> int:
                     "kind": kind,
                     "ms": latency,
                     "moto_ms": moto_ms,
+                    "connections": connections,
                     "aws": {k: aws_after[k] - aws_before.get(k, 0) for k in aws_after
                             if aws_after[k] != aws_before.get(k, 0)},
                     "etcd": {k: etcd_after[k] - etcd_before[k] for k in etcd_after
                              if etcd_after[k] != etcd_before[k]},
                 })
             print(f"round {r + 1}/{args.runs}", file=sys.stderr, flush=True)
-        peaks = {name: vm_hwm_kib(fn.proc.pid) for name, fn in fns.items()}
+        peaks = {name: vm_hwm_kib(traced_child(fn.proc.pid) if logs else fn.proc.pid)
+                 for name, fn in fns.items()}
+        if logs:
+            # strace leaves its tracee running when it is stopped: end the binary first.
+            for fn in fns.values():
+                child = traced_child(fn.proc.pid)
+                if child != fn.proc.pid:
+                    os.kill(child, signal.SIGTERM)
 
     if args.json:
         with open(args.json, "w") as f:
@@ -223,10 +293,14 @@ def main() -> int:
                 "; ".join(f"{k} x{n}" for k, n in aws.most_common()),
                 "; ".join(f"{k} x{n}" for k, n in etcd.most_common()),
             ])
+            if logs:
+                conns = collections.Counter(s["connections"] for s in mine)
+                rows[-1].append("; ".join(f"{k} x{n}" for k, n in sorted(conns.items())))
     print(table(["variant", "event", "n", "median", "p99", "max", "in moto, median",
                  "outside moto, median", "outside moto, p99",
                  "AWS requests per event (x how many events)",
-                 "etcd gRPC requests per event (x how many events)"], rows))
+                 "etcd gRPC requests per event (x how many events)"]
+                + (["etcd connections per event (x how many events)"] if logs else []), rows))
     for name, kib in peaks.items():
         print(f"\n- {name}: VmHWM after all {args.runs * len(kinds) + 3} invocations: "
               f"{kib / 1024:.1f} MiB")
