@@ -15,6 +15,15 @@ log() { printf 'bench setup: %s\n' "$*" >&2; }
 
 bash scripts/setup.sh
 
+# strace counts the function's connections to etcd (bench/warm.py --connections).
+if ! command -v strace >/dev/null; then
+  log "installing strace"
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo -n"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_ apt-get install -y -q --no-install-recommends strace >&2 \
+    || { $sudo_ apt-get update -q >&2 && $sudo_ apt-get install -y -q --no-install-recommends strace >&2; }
+fi
+
 target=${CARGO_TARGET_DIR:-target}
 bin=${BENCH_BIN_DIR:-.bench-bin}
 mkdir -p "$bin"
