@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Cold start and peak memory: the release `bootstrap`, the Python baseline and the echo floor,
+"""Cold start and peak memory: the release `bootstrap`, the Python baseline and the floor,
 interleaved in one run under the same Runtime API emulator (tests/stack/runtime_api.py).
 
 For each run of each variant: a fresh emulator with the first event (a test notification,
@@ -79,7 +79,7 @@ def one_run(name: str, command: list[str], cwd: str | None, aws_endpoint: str, e
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bin-dir", default=os.path.join(REPO, ".bench-bin"),
-                   help="holds `bootstrap` and `echo` (bench/setup.sh)")
+                   help="holds `bootstrap` and `floor` (bench/setup.sh)")
     p.add_argument("--python-venv", default=os.path.join(REPO, ".venv-bench"))
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--variant", action="append", default=[], metavar="NAME=BINARY",
@@ -96,7 +96,7 @@ def main() -> int:
         variants = [
             ("rust", [os.path.join(args.bin_dir, "bootstrap")], None),
             ("python", python_command(args.python_venv), PY_DIR),
-            ("echo", [os.path.join(args.bin_dir, "echo")], None),
+            ("floor", [os.path.join(args.bin_dir, "floor")], None),
         ]
     with open(EVENT) as f:
         event = json.load(f)

@@ -9,7 +9,7 @@ says "circuit open for <dependency>"; then `--runs` more are timed, from the mom
 queues the event (the warm function waiting in `/next`) to the moment the answer is posted, and
 the requests counted: connections to the dead endpoint, requests in the AWS stack's log (per
 Action: a hold's heartbeat is a request to Auto Scaling, not to the dependency that is down), and etcd
-gRPC requests (etcd's `grpc_server_handled_total` over all members). Last, the echo function
+gRPC requests (etcd's `grpc_server_handled_total` over all members). Last, the floor (bench/floor.rs)
 answers the same event the same number of times: the floor of any invocation under this emulator.
 
     .venv/bin/python bench/failfast.py --bin-dir .bench-bin --runs 50
@@ -82,15 +82,15 @@ def main() -> int:
             ])
             fn.stop()
             stack.functions.remove(fn)
-        # The floor of any invocation under this emulator: the echo function, same event.
-        echo = stack.spawn(os.path.join(args.bin_dir, "echo"))
+        # The floor of any invocation under this emulator: the floor, same event.
+        floor = stack.spawn(os.path.join(args.bin_dir, "floor"))
         latencies = []
         for _ in range(args.runs):
-            inv = echo.api.submit(event)
+            inv = floor.api.submit(event)
             if not inv.done.wait(60):
-                raise RuntimeError("the echo function did not answer")
+                raise RuntimeError("the floor function did not answer")
             latencies.append((inv.answered_at - inv.queued_at) * 1000)
-        rows.append(["(echo floor, same event)", str(len(latencies)), ms(median(latencies)),
+        rows.append(["(floor, same event)", str(len(latencies)), ms(median(latencies)),
                      ms(percentile(latencies, 99)), ms(max(latencies)), "-", "-", "-", "the event"])
     print(table(["open circuit", "n", "median", "p99", "max", "connections to the dead endpoint",
                  "AWS requests", "etcd requests", "answer"], rows))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every performance figure of BENCHMARKS.md but criterion's, in one run (about 5 minutes on two
 # cores after the release build): cold start and peak memory against the Python baseline and the
-# echo floor, warm terminate latency with AWS and etcd requests per event, fail-fast with an open
+# floor (bench/floor.rs), warm terminate latency with AWS and etcd requests per event, fail-fast with an open
 # circuit, and the stripped binary's size. Prints Markdown.
 #
 #   bash bench/run.sh            (or: make bench-perf)
@@ -27,6 +27,6 @@ echo
 echo
 echo "## Binary size"
 echo
-for f in bootstrap echo; do
+for f in bootstrap floor; do
   printf -- '- %s: %s bytes (%s)\n' "$f" "$(stat -c %s "../$bin/$f")" "$(du -h --apparent-size "../$bin/$f" | cut -f1)"
 done

@@ -3,7 +3,7 @@
 # copied to a private directory (others may rebuild target/ while a bench runs), and .venv-bench
 # with the Python baseline's packages (requirements-bench.txt).
 #
-#   bash bench/setup.sh        prints the directory holding `bootstrap` and `echo`
+#   bash bench/setup.sh        prints the directory holding `bootstrap` and `floor`
 #
 # A target directory shared by several checkouts of this repository can hold a binary another
 # checkout built more recently than this one's sources changed, and cargo then calls it fresh:
@@ -37,9 +37,9 @@ else
   cargo build --release --locked --bin etcd-lifecycle-hook >&2
   cp "$target/release/etcd-lifecycle-hook" "$bin/bootstrap"
 fi
-log "building the echo example"
-cargo build --release --locked --example echo >&2
-cp "$target/release/examples/echo" "$bin/echo"
+log "building the floor (bench/floor.rs)"
+cargo build --release --locked --example floor >&2
+cp "$target/release/examples/floor" "$bin/floor"
 
 stamp=.venv-bench/.requirements.sha256
 want=$(sha256sum requirements-bench.txt | cut -d' ' -f1)
