@@ -207,13 +207,7 @@ impl EtcdMembership {
                     self.note_answer(&url, true);
                     return Ok(value);
                 }
-                Err(OpError::Silent(detail)) => EndpointMiss::Silent(detail),
-                Err(OpError::Stale(detail)) => EndpointMiss::Stale(detail),
-                Err(OpError::Malformed(detail)) => EndpointMiss::Final(PassFailure::Rejected {
-                    detail: format!("{url} answered: {detail}"),
-                }),
-                Err(OpError::Locked(waited)) => EndpointMiss::Final(PassFailure::Locked { waited }),
-                Err(OpError::Etcd(e)) => sort_error(&url, &e),
+                Err(e) => miss_of(&url, e),
             };
             let silent = matches!(miss, EndpointMiss::Silent(_) | EndpointMiss::Tls(_));
             self.note_answer(&url, !silent);
@@ -319,6 +313,19 @@ impl EtcdMembership {
                 return result.map_err(|e| self.membership_error(operation, e));
             }
         }
+    }
+}
+
+/// How one endpoint's failed answer counts in a pass.
+fn miss_of(url: &str, e: OpError) -> EndpointMiss {
+    match e {
+        OpError::Silent(detail) => EndpointMiss::Silent(detail),
+        OpError::Stale(detail) => EndpointMiss::Stale(detail),
+        OpError::Malformed(detail) => EndpointMiss::Final(PassFailure::Rejected {
+            detail: format!("{url} answered: {detail}"),
+        }),
+        OpError::Locked(waited) => EndpointMiss::Final(PassFailure::Locked { waited }),
+        OpError::Etcd(e) => sort_error(url, &e),
     }
 }
 

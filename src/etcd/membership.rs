@@ -48,47 +48,9 @@ impl EtcdMembership {
                 if left.is_zero() {
                     return Err(Unanswered::NotInTime);
                 }
-                let limit = STATUS_TIMEOUT.min(left);
-                let cut_short = limit < STATUS_TIMEOUT;
-                let mut client = match self.connect(url, deadline).await {
-                    Ok(client) => client,
-                    Err(e) => {
-                        last = Unanswered::Silent(format!("{url}: {}", describe(&e)));
-                        continue;
-                    }
-                };
-                let answer = tokio::time::timeout(limit, client.status()).await;
-                if !matches!(answer, Ok(Ok(_))) {
-                    self.forget_client(url);
-                }
-                match answer {
-                    Ok(Ok(status)) => {
-                        let own = status.header().map_or(0, |h| h.member_id());
-                        if own != 0 && own != member.id {
-                            last = Unanswered::Silent(format!(
-                                "{url} is member {own:x}, not {:x}",
-                                member.id
-                            ));
-                            continue;
-                        }
-                        return Ok(StatusAnswer::Answered(StatusReport {
-                            leader: status.leader(),
-                            raft_term: status.raft_term(),
-                            raft_index: status.raft_index(),
-                            errors: status.errors().to_vec(),
-                        }));
-                    }
-                    Ok(Err(e)) if matches!(sort_error(url, &e), EndpointMiss::NoLeader(_)) => {
-                        return Ok(StatusAnswer::NoLeader);
-                    }
-                    Ok(Err(e)) => last = Unanswered::Silent(format!("{url}: {}", describe(&e))),
-                    Err(_) if cut_short => last = Unanswered::NotInTime,
-                    Err(_) => {
-                        last = Unanswered::Silent(format!(
-                            "{url}: no answer within {} ms",
-                            limit.as_millis()
-                        ))
-                    }
+                match self.status_at(url, member.id, left, deadline).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(unanswered) => last = unanswered,
                 }
             }
             Err(last)
@@ -106,6 +68,53 @@ impl EtcdMembership {
                 tracing::debug!(member = %hex(member.id), answer = ?answer, "member gave no usable Status");
                 Ok(answer)
             }
+        }
+    }
+
+    /// The `Status` answered at one of `member`'s client URLs, within `left` (at most
+    /// [`STATUS_TIMEOUT`]). An answer from another member than the one asked (an address reused
+    /// by a newer member) is no answer from it.
+    async fn status_at(
+        &self,
+        url: &str,
+        member: u64,
+        left: Duration,
+        deadline: &Deadline,
+    ) -> Result<StatusAnswer, Unanswered> {
+        let limit = STATUS_TIMEOUT.min(left);
+        let mut client = self
+            .connect(url, deadline)
+            .await
+            .map_err(|e| Unanswered::Silent(format!("{url}: {}", describe(&e))))?;
+        let answer = tokio::time::timeout(limit, client.status()).await;
+        if !matches!(answer, Ok(Ok(_))) {
+            self.forget_client(url);
+        }
+        match answer {
+            Ok(Ok(status)) => {
+                let own = status.header().map_or(0, |h| h.member_id());
+                if own != 0 && own != member {
+                    return Err(Unanswered::Silent(format!(
+                        "{url} is member {own:x}, not {member:x}"
+                    )));
+                }
+                Ok(StatusAnswer::Answered(StatusReport {
+                    leader: status.leader(),
+                    raft_term: status.raft_term(),
+                    raft_index: status.raft_index(),
+                    errors: status.errors().to_vec(),
+                }))
+            }
+            Ok(Err(e)) if matches!(sort_error(url, &e), EndpointMiss::NoLeader(_)) => {
+                Ok(StatusAnswer::NoLeader)
+            }
+            Ok(Err(e)) => Err(Unanswered::Silent(format!("{url}: {}", describe(&e)))),
+            // Cut short by the deadline, not by the member: not taken for a dead member.
+            Err(_) if limit < STATUS_TIMEOUT => Err(Unanswered::NotInTime),
+            Err(_) => Err(Unanswered::Silent(format!(
+                "{url}: no answer within {} ms",
+                limit.as_millis()
+            ))),
         }
     }
 
