@@ -13,7 +13,7 @@ use etcd_lifecycle_hook::config::Config;
 use etcd_lifecycle_hook::etcd::{Connections, EtcdMembership};
 use etcd_lifecycle_hook::membership::{leader_candidate, quorum_after_removal, stale_members};
 use etcd_lifecycle_hook::model::{
-    Alarm, ClusterView, Membership, MembershipError, NotHealthy, Promotion, Removal,
+    Alarm, ClusterView, Member, Membership, MembershipError, NotHealthy, Promotion, Removal,
 };
 use etcd_lifecycle_hook::resilience::breaker::State;
 use etcd_lifecycle_hook::resilience::policy::Deadline;
@@ -49,6 +49,15 @@ async fn view_of(etcd: &EtcdMembership, cluster: &EtcdCluster) -> ClusterView {
     )
 }
 
+/// A member of `view` that does not lead it.
+fn a_follower(view: &ClusterView) -> &Member {
+    let leader = view.leader.expect("a leader");
+    view.members
+        .iter()
+        .find(|m| m.id != leader)
+        .expect("a follower")
+}
+
 fn assert_breaker_closed(resilience: &Resilience) {
     let snapshot = resilience
         .breaker(Dependency::Etcd)
@@ -79,12 +88,7 @@ async fn removes_a_follower() {
 
     let view = view_of(&etcd, &cluster).await;
     assert_eq!((view.members.len(), view.healthy.len()), (3, 3));
-    let leader = view.leader.expect("a leader");
-    let follower = view
-        .members
-        .iter()
-        .find(|m| m.id != leader)
-        .expect("a follower");
+    let follower = a_follower(&view);
     assert!(quorum_after_removal(&view, follower.id, 2).is_safe());
 
     let removal = etcd.remove(&view, follower.id, &deadline()).await;
@@ -233,13 +237,7 @@ async fn removing_a_removed_member_is_already_gone() {
     let (etcd, resilience) = membership(&cluster);
 
     let view = view_of(&etcd, &cluster).await;
-    let leader = view.leader.expect("a leader");
-    let follower = view
-        .members
-        .iter()
-        .find(|m| m.id != leader)
-        .expect("a follower")
-        .id;
+    let follower = a_follower(&view).id;
     let first = etcd.remove(&view, follower, &deadline()).await;
     assert_eq!(ok(first, "first removal"), Removal::Removed);
 
@@ -692,13 +690,7 @@ async fn one_client_per_member_for_the_whole_invocation() {
     assert_eq!((view.members.len(), view.healthy.len()), (3, 3));
     let one_each = Connections { made: 3, open: 3 };
     assert_eq!(etcd.connections(), one_each, "one client per member");
-    let leader = view.leader.expect("a leader");
-    let follower = view
-        .members
-        .iter()
-        .find(|m| m.id != leader)
-        .expect("a follower")
-        .clone();
+    let follower = a_follower(&view).clone();
     let lock = ok(
         etcd.lock(&cluster.instances(), &invocation).await,
         "taking the lock",
