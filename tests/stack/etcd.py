@@ -10,10 +10,13 @@ Readiness has two steps, because a healthy cluster is not yet a cluster that acc
 changes (etcd refuses them until its peers have been connected for about five seconds):
 
 1. every running node reports the same leader on the v3 HTTP gateway (`/v3/maintenance/status`);
-2. the leader accepts a membership change: a learner with an unreachable peer URL is added and at
-   once removed (adding even a learner goes through the same "connected long enough" check that a
-   removal does; removing a learner skips it). Refused with "unhealthy cluster" means "not yet":
-   poll again.
+2. every running node accepts a membership change: through each in turn, a learner with an
+   unreachable peer URL is added and at once removed (adding even a learner goes through the same
+   "connected long enough" check that a removal does, and each node answers it from its own view
+   of its peers; removing a learner skips it). Refused with "unhealthy cluster" means "not yet":
+   poll again. Each try uses a new peer URL (etcd refuses a peer URL a member already has, and
+   derives member IDs from peer URLs and the time). The Rust harness (tests/common) probes the
+   same way.
 
 Everything talks plain JSON to the v3 HTTP gateway, so no gRPC library is needed. Only processes
 this module started are ever signalled.
@@ -190,6 +193,7 @@ class EtcdCluster:
         self.root = root or tempfile.mkdtemp(prefix="etcd-e2e-")
         os.makedirs(self.root, exist_ok=True)
         self.token = f"e2e-{os.getpid()}-{int(time.time() * 1000)}"
+        self._probes = 0  # readiness probes made: each gets its own peer URL
         self.nodes: dict[str, Node] = {}
         for name, ip, etcd_name in zip(names, ips, member_names or names):
             self.nodes[name] = Node(
@@ -515,22 +519,32 @@ class EtcdCluster:
             time.sleep(0.1)
 
     def wait_reconfig_ready(self, timeout: float = 30.0) -> None:
-        """Waits until the leader accepts a membership change (see the module docstring)."""
+        """Waits until every running node accepts a membership change (see the module docstring)."""
         deadline = time.monotonic() + timeout
-        probe = "http://127.0.0.1:9"  # a peer URL nothing listens on: the learner never starts
+        self.wait_healthy(timeout)
+        for node in self.running_nodes():
+            self._probe_through(node, deadline, timeout)
+
+    def _probe_through(self, node: Node, deadline: float, timeout: float) -> None:
+        """Adds a learner through `node` itself (no other node may answer for it) until it is
+        accepted, then removes it."""
         last = ""
         while True:
-            leader = self.wait_healthy(max(1.0, deadline - time.monotonic()))
+            self._probes += 1
+            # A peer URL nothing listens on: the learner never starts.
+            probe = f"http://127.0.0.1:{30000 + self._probes}"
+            body = {"peerURLs": [probe], "isLearner": True}
             try:
-                learner = self.add_member(probe, learner=True, via=leader)
+                answer = self._gateway(node.client_url, "/v3/cluster/member/add", body)
             except EtcdError as e:
                 last = str(e)
             else:
-                self._remove_probe(learner.id, deadline)
+                self._remove_probe(Member.from_json(answer["member"]).id, deadline)
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"etcd refused membership changes for {timeout}s: {last}; logs in {self.root}"
+                    f"{node.name} refused membership changes for {timeout}s: {last}; "
+                    f"logs in {self.root}"
                 )
             time.sleep(0.2)
 
