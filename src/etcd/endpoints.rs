@@ -112,15 +112,14 @@ impl EtcdMembership {
         }
     }
 
-    /// This invocation's client for `url`: made on first use and kept until the invocation ends
-    /// (or a call through it gets no answer), so each member asked costs one connection (one TLS
-    /// handshake) however many requests go to it: the member list, its status (asked twice when
-    /// it leads), the lock and the change. A call through it that gets no usable answer (silence,
-    /// a TLS failure, "try again", a removed member's stale answer) drops it, so a retry dials
-    /// afresh. A client from an earlier invocation is never reused:
-    /// its member may be gone, and the connection may not have survived the freeze between
-    /// invocations. The connection itself is opened by the first request (etcd-client's channel
-    /// is lazy); the callers bound every request by the deadline.
+    /// This invocation's client for `url`: made on first use and kept until the invocation ends,
+    /// so each member asked costs one connection (one TLS handshake) however many requests go to
+    /// it: the member list, its status (asked twice when it leads), the lock and the change. A
+    /// call through it that gets no usable answer (silence, a TLS failure, "try again", a removed
+    /// member's stale answer) drops it, so a retry dials afresh. A client from an earlier
+    /// invocation is never reused: its member may be gone, and the connection may not have
+    /// survived the freeze between invocations. The connection itself is opened by the first
+    /// request (etcd-client's channel is lazy); the callers bound every request by the deadline.
     pub(super) async fn connect(
         &self,
         url: &str,
@@ -263,7 +262,8 @@ impl EtcdMembership {
 
     /// A membership change, sent to the current leader first (then the other members), tried
     /// again for up to [`REFUSAL_WAIT`](crate::resilience::policy::REFUSAL_WAIT) while etcd
-    /// refuses it as "unhealthy cluster". `last` is the member to ask only when no other answers (the one being removed).
+    /// refuses it as "unhealthy cluster". `last` is the member to ask only when no other answers
+    /// (the one being removed).
     pub(super) async fn change<T, F, Fut>(
         &self,
         operation: &'static str,
