@@ -406,6 +406,48 @@ pub fn quorum_after_removal(view: &ClusterView, member: u64, min_voters: u32) ->
     }
 }
 
+/// [`quorum_after_removal`] beside voters that go whatever is decided: `leaving` are members
+/// whose machines a confirmed Spot interruption takes within two minutes. Removing `member` must
+/// stay safe both ways they can go: their own removals run first (fewer voters: the floor counts
+/// them out), or their machines go with their members kept (dead voters: the majority counts
+/// them in). Without this a scale-in beside an interruption takes three voters to two, and the
+/// interrupted one then leaves one voter, or none able to elect a leader.
+pub fn quorum_beside_departures(
+    view: &ClusterView,
+    member: u64,
+    min_voters: u32,
+    leaving: &[u64],
+) -> Verdict {
+    let base = quorum_after_removal(view, member, min_voters);
+    let leaving: Vec<u64> = leaving.iter().copied().filter(|id| *id != member).collect();
+    if leaving.is_empty() || !base.is_safe() {
+        return base;
+    }
+    let mut removed = view.clone();
+    removed.members.retain(|m| !leaving.contains(&m.id));
+    removed.healthy.retain(|id| !leaving.contains(id));
+    let mut dead = view.clone();
+    dead.healthy.retain(|id| !leaving.contains(id));
+    let ways = [
+        (removed, "once their own removals have run"),
+        (dead, "if their machines go with their members kept"),
+    ];
+    for (after, how) in ways {
+        let verdict = quorum_after_removal(&after, member, min_voters);
+        let reason = format!(
+            "{} voter(s) under a confirmed Spot interruption leave whatever is decided; {how}: {}",
+            leaving.len(),
+            verdict.reason()
+        );
+        match verdict {
+            Verdict::Safe { .. } => {}
+            Verdict::Unsafe { .. } => return Verdict::Unsafe { reason },
+            Verdict::BelowFloor { .. } => return Verdict::BelowFloor { reason },
+        }
+    }
+    base
+}
+
 /// A healthy voting member other than `except` to hand leadership to, preferring the lowest ID so
 /// the choice is stable across retries.
 pub fn leader_candidate(view: &ClusterView, except: u64) -> Option<u64> {
@@ -674,6 +716,63 @@ mod tests {
         );
     }
 
+    #[test]
+    fn voters_under_a_confirmed_interruption_are_counted_out_both_ways() {
+        let voters = |n: u64| -> Vec<Member> {
+            (1..=n)
+                .map(|i| member(i, &format!("m{i}"), "10.0.0.1", false))
+                .collect()
+        };
+        let three = view(voters(3), &[1, 2, 3]);
+        assert!(quorum_after_removal(&three, 3, 2).is_safe());
+        let beside = quorum_beside_departures(&three, 3, 2, &[2]);
+        assert!(
+            matches!(beside, Verdict::BelowFloor { .. }),
+            "three to two, then the interrupted one goes: {beside:?}"
+        );
+        assert!(
+            beside.reason().contains("once their own removals have run"),
+            "{}",
+            beside.reason()
+        );
+        // Even with one voter allowed: if the interrupted one's removal fails, its dead member
+        // and one live voter are no quorum, where three with one dead were.
+        let floor_one = quorum_beside_departures(&three, 3, 1, &[2]);
+        assert!(
+            floor_one.reason().contains("with their members kept"),
+            "{floor_one:?}"
+        );
+        assert!(!floor_one.is_safe());
+
+        let five = view(voters(5), &[1, 2, 3, 4, 5]);
+        assert!(quorum_beside_departures(&five, 5, 2, &[4]).is_safe());
+        let two_leaving = quorum_beside_departures(&five, 5, 2, &[3, 4]);
+        assert!(
+            matches!(two_leaving, Verdict::Unsafe { .. }),
+            "kept and dead, two of four voters left healthy: {two_leaving:?}"
+        );
+        assert!(
+            two_leaving.reason().contains("with their members kept"),
+            "{}",
+            two_leaving.reason()
+        );
+
+        // The target itself and learners change nothing; an unsafe removal stays as it was.
+        assert_eq!(
+            quorum_beside_departures(&three, 3, 2, &[3]),
+            quorum_after_removal(&three, 3, 2)
+        );
+        let mut with_learner = voters(3);
+        with_learner.push(member(4, "m4", "10.0.0.1", true));
+        let with_learner = view(with_learner, &[1, 2, 3, 4]);
+        assert!(quorum_beside_departures(&with_learner, 3, 1, &[4]).is_safe());
+        let one_down = view(voters(3), &[1, 3]);
+        assert_eq!(
+            quorum_beside_departures(&one_down, 3, 1, &[1]),
+            quorum_after_removal(&one_down, 3, 1)
+        );
+    }
+
     /// Brute force: the removal is safe iff, among the voters left, the healthy ones can form a
     /// majority on their own, i.e. some subset of healthy voters has more than half the votes.
     fn brute_force_safe(view: &ClusterView, member: u64, min_voters: u32) -> bool {
@@ -876,6 +975,32 @@ mod tests {
             let v = view(members, &healthy);
             let id = target as u64 + 1;
             prop_assert_eq!(quorum_after_removal(&v, id, min_voters).is_safe(), brute_force_safe(&v, id, min_voters));
+        }
+
+        /// Safe beside departures iff safe now, once the leaving voters are removed, and with
+        /// them dead but kept.
+        #[test]
+        fn departures_rule_matches_brute_force(
+            spec in prop::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), 1..8),
+            target in 0usize..9,
+            min_voters in 1u32..5,
+        ) {
+            let members: Vec<Member> = spec.iter().enumerate()
+                .map(|(i, &(learner, _, _))| member(i as u64 + 1, &format!("m{i}"), "10.0.0.1", learner))
+                .collect();
+            let healthy: Vec<u64> = spec.iter().enumerate().filter(|(_, &(_, h, _))| h).map(|(i, _)| i as u64 + 1).collect();
+            let id = target as u64 + 1;
+            let leaving: Vec<u64> = spec.iter().enumerate().filter(|(_, &(_, _, l))| l).map(|(i, _)| i as u64 + 1).filter(|l| *l != id).collect();
+            let v = view(members, &healthy);
+            let mut removed = v.clone();
+            removed.members.retain(|m| !leaving.contains(&m.id));
+            removed.healthy.retain(|m| !leaving.contains(m));
+            let mut dead = v.clone();
+            dead.healthy.retain(|m| !leaving.contains(m));
+            let expected = brute_force_safe(&v, id, min_voters)
+                && brute_force_safe(&removed, id, min_voters)
+                && brute_force_safe(&dead, id, min_voters);
+            prop_assert_eq!(quorum_beside_departures(&v, id, min_voters, &leaving).is_safe(), expected);
         }
     }
 }

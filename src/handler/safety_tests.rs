@@ -199,3 +199,51 @@ async fn a_confirmed_spot_interruption_at_the_voter_floor_is_removed() {
     assert_eq!(out["results"][0]["member_removed"], false, "{out}");
     assert!(!calls.all().iter().any(|c| c.contains("MemberRemove")));
 }
+
+/// Three voters, one a Spot instance whose interruption is confirmed: a scale-in of another
+/// would leave two, and the interrupted one then one (or, its own removal failing, one of two
+/// without quorum). The scale-in waits; with the interruption not confirmed, or with voters to
+/// spare, it goes ahead, and EC2 is asked about Spot peers only when the answer could matter.
+#[tokio::test]
+async fn a_scale_in_waits_for_a_peer_a_confirmed_spot_interruption_is_taking() {
+    let spot_peer = |code: &str| {
+        let mut world = World::three_nodes();
+        world.instances[1].spot = true;
+        world.instances[1].spot_request_id = Some("sir-2".into());
+        world.spot = vec![("sir-2".into(), code.into())];
+        world
+    };
+    let (h, calls, _) = spot_peer("marked-for-termination").build();
+    let reason = held_reason(h.handle(&terminate(3), minute()).await);
+    assert!(reason.contains("confirmed Spot interruption"), "{reason}");
+    assert!(reason.contains(&instance(2).id), "{reason}");
+    assert!(reason.contains("ETCD_MIN_VOTERS=2"), "{reason}");
+    let calls = calls.all();
+    assert!(calls.iter().any(|c| c.contains("Heartbeat")), "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.contains("MemberRemove")),
+        "{calls:?}"
+    );
+
+    let (h, calls, _) = spot_peer("fulfilled").build();
+    let out = h.handle(&terminate(3), minute()).await.expect("completed");
+    assert_eq!(out["results"][0]["member_removed"], true, "{out}");
+    assert!(calls
+        .all()
+        .contains(&"ec2:DescribeSpotInstanceRequests sir-2".to_string()));
+
+    // Five voters: counting the Spot peer out still leaves three, so EC2 is not asked.
+    let mut five = spot_peer("marked-for-termination").view_with(|v| {
+        v.members.extend([member(4), member(5)]);
+        v.healthy.extend([member(4).id, member(5).id]);
+    });
+    five.instances.extend([instance(4), instance(5)]);
+    let (h, calls, _) = five.build();
+    let out = h.handle(&terminate(3), minute()).await.expect("completed");
+    assert_eq!(out["results"][0]["member_removed"], true, "{out}");
+    assert!(
+        !calls.all().iter().any(|c| c.contains("Spot")),
+        "{:?}",
+        calls.all()
+    );
+}

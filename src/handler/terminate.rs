@@ -6,7 +6,10 @@ use tokio::time::Instant;
 
 use super::outcome::{Cause, Outcome};
 use super::{display_name, Handler, RemovalOutcome, Target};
-use crate::membership::{absence_proven, find_member, identities_to_look_up, Absence};
+use crate::membership::{
+    absence_proven, find_member, identities_to_look_up, quorum_after_removal,
+    quorum_beside_departures, Absence,
+};
 use crate::model::{ClusterView, Fleet, Instance, Lifecycle, Member, Membership, MembershipError};
 use crate::resilience::policy::{Deadline, SPOT_NOTICE, SPOT_RETRY_PAUSE};
 use crate::resilience::Dependency;
@@ -60,15 +63,10 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         instance: &Instance,
         interrupted: Option<String>,
     ) -> Outcome {
-        let floor = if interrupted.is_some() {
-            1
-        } else {
-            self.config.etcd_min_voters
-        };
         let started = Instant::now();
         loop {
             let (mut notes, decision) = self
-                .decide_removal(instances, instance, floor, target.deadline)
+                .decide_removal(instances, instance, interrupted.is_some(), target.deadline)
                 .await;
             let (removed, leader_moved) = match decision {
                 Decision::Done {
@@ -225,14 +223,21 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
     }
 
     /// Under the membership lock: read the view, promote caught-up learners (so a refresh does
-    /// not count them out), find the member and try its removal.
+    /// not count them out), find the member and try its removal. An `interrupted` instance's
+    /// member goes under quorum alone (see [`Self::removal_outcome`]); any other's must also
+    /// leave enough voters beside the peers a confirmed Spot interruption is taking.
     async fn decide_removal(
         &self,
         instances: &[Instance],
         instance: &Instance,
-        min_voters: u32,
+        interrupted: bool,
         deadline: &Deadline,
     ) -> (Vec<String>, Decision) {
+        let min_voters = if interrupted {
+            1
+        } else {
+            self.config.etcd_min_voters
+        };
         let lock = match self.membership.lock(instances, deadline).await {
             Ok(lock) => lock,
             Err(e) => {
@@ -257,15 +262,75 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                         .await,
                 ),
                 Some(member) => {
-                    let outcome = self
-                        .remove_member(&view, member, min_voters, deadline)
-                        .await;
+                    let beside = if interrupted {
+                        None
+                    } else {
+                        self.held_beside_interruptions(&view, member, instances, deadline)
+                            .await
+                    };
+                    let outcome = match beside {
+                        Some(cause) => RemovalOutcome::Unsafe(cause),
+                        None => {
+                            self.remove_member(&view, member, min_voters, deadline)
+                                .await
+                        }
+                    };
                     (notes, decision_from(member, outcome))
                 }
             },
         };
         self.membership.unlock(lock, deadline).await;
         decided
+    }
+}
+
+impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
+    /// Why a plain removal of `member` must wait for peers under a confirmed Spot interruption:
+    /// their machines go within two minutes whatever is decided, so the voters left without
+    /// them must still hold quorum and the floor (see [`quorum_beside_departures`]). EC2 is asked
+    /// only when the answer could matter: some other Spot instance carries a voter, and counting
+    /// every such voter out would forbid the removal. A Spot status EC2 cannot give is not an
+    /// interruption, as for the terminating instance itself.
+    async fn held_beside_interruptions(
+        &self,
+        view: &ClusterView,
+        member: &Member,
+        instances: &[Instance],
+        deadline: &Deadline,
+    ) -> Option<Cause> {
+        let min_voters = self.config.etcd_min_voters;
+        let spot_voters: Vec<(&Instance, &Member)> = instances
+            .iter()
+            .filter(|i| i.spot)
+            .filter_map(|i| Some((i, find_member(view, i)?)))
+            .filter(|(_, m)| !m.is_learner && m.id != member.id)
+            .collect();
+        let all: Vec<u64> = spot_voters.iter().map(|(_, m)| m.id).collect();
+        if !view.confirmed_by_leader
+            || !quorum_after_removal(view, member.id, min_voters).is_safe()
+            || quorum_beside_departures(view, member.id, min_voters, &all).is_safe()
+        {
+            return None;
+        }
+        let mut leaving = Vec::new();
+        let mut seen = Vec::new();
+        for (peer, voter) in spot_voters {
+            if let Some(what) = self.spot_interruption(peer, deadline).await {
+                leaving.push(voter.id);
+                seen.push(format!("{} ({what})", peer.id));
+            }
+        }
+        let verdict = quorum_beside_departures(view, member.id, min_voters, &leaving);
+        if verdict.is_safe() {
+            return None;
+        }
+        Some(Cause::quorum(format!(
+            "removing member {} ({:x}) is not safe beside the peer(s) a confirmed Spot interruption is taking, {}: {}",
+            display_name(member),
+            member.id,
+            seen.join(", "),
+            verdict.reason()
+        )))
     }
 }
 

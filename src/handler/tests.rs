@@ -313,7 +313,7 @@ pub(super) type FakeHandler = Handler<FakeFleet, FakeLifecycle, FakeMembership>;
 pub(super) struct World {
     pub(super) instances: Vec<Instance>,
     elsewhere: Vec<Instance>,
-    spot: Vec<(String, String)>,
+    pub(super) spot: Vec<(String, String)>,
     view: Option<ClusterView>,
     pub(super) config: Config,
     group: GroupLifecycle,

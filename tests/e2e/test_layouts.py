@@ -262,6 +262,31 @@ class SpotTest(LayoutCase):
         self.assertMember(spot, present=False)
         self.assertCompleted(action, "CONTINUE")
 
+    def test_a_scale_in_waits_while_a_peers_interruption_is_confirmed(self):
+        """Three voters, one a Spot instance being interrupted: scaling another in would leave
+        two, and the interrupted one's departure then one. The scale-in waits; the interrupted
+        voter's own event removes its member, and the floor then holds the scale-in as before."""
+        stack = self.stack
+        plain, spot = stack.followers()
+        stack.make_spot(spot)
+        stack.interrupt_spot(spot)
+        held = stack.start_terminate(plain)
+
+        ok, payload = self.invoke(stack.eventbridge(held))
+        message = self.assertHeld(ok, payload, plain, "confirmed Spot interruption")
+        self.assertIn(spot, message)
+        self.assertHeldInPlace(held)
+        self.assertEqual(len(self.voters()), 3)
+
+        action = stack.start_terminate(spot)
+        payload = self.assertSucceeded(*self.invoke(stack.eventbridge(action), timeout_ms=60_000))
+        self.assertResult(payload, spot, "completed", "CONTINUE", member_removed=True)
+
+        ok, payload = self.invoke(stack.eventbridge(held))
+        self.assertHeld(ok, payload, plain, "ETCD_MIN_VOTERS")
+        self.assertMember(plain)
+        self.assertQuorate()
+
     def test_a_confirmed_interruption_is_not_held_the_removal_is_retried_until_it_is_done(self):
         self.interrupted_while_a_peer_is_down(shutting_down=False)
 
