@@ -407,11 +407,17 @@ pub fn quorum_after_removal(view: &ClusterView, member: u64, min_voters: u32) ->
 }
 
 /// [`quorum_after_removal`] beside voters that go whatever is decided: `leaving` are members
-/// whose machines a confirmed Spot interruption takes within two minutes. Removing `member` must
-/// stay safe both ways they can go: their own removals run first (fewer voters: the floor counts
-/// them out), or their machines go with their members kept (dead voters: the majority counts
-/// them in). Without this a scale-in beside an interruption takes three voters to two, and the
-/// interrupted one then leaves one voter, or none able to elect a leader.
+/// whose machines a confirmed Spot interruption takes within two minutes. Removing a healthy
+/// voter must stay safe both ways they can go: their own removals run first (fewer voters: the
+/// floor counts them out), or their machines go with their members kept (dead voters: the
+/// majority counts them in). Without this a scale-in beside an interruption takes three voters
+/// to two, and the interrupted one then leaves one voter, or none able to elect a leader.
+///
+/// Only a healthy voter is held so: keeping it is then never worse than removing it, in either
+/// future. A member that is not healthy, or a learner, adds no vote a majority can count on;
+/// holding it would keep a dead voter in the count and could itself cost quorum (three voters,
+/// one dead and one interrupted: the dead one removed, the interrupted one can follow and one
+/// voter is left; the dead one kept, the interrupted one cannot, and one of three is no quorum).
 pub fn quorum_beside_departures(
     view: &ClusterView,
     member: u64,
@@ -420,7 +426,10 @@ pub fn quorum_beside_departures(
 ) -> Verdict {
     let base = quorum_after_removal(view, member, min_voters);
     let leaving: Vec<u64> = leaving.iter().copied().filter(|id| *id != member).collect();
-    if leaving.is_empty() || !base.is_safe() {
+    let healthy_voter = view
+        .member(member)
+        .is_some_and(|m| !m.is_learner && view.is_healthy(m.id));
+    if leaving.is_empty() || !base.is_safe() || !healthy_voter {
         return base;
     }
     let mut removed = view.clone();
@@ -757,6 +766,11 @@ mod tests {
             two_leaving.reason()
         );
 
+        // A dead voter or a learner is not held: keeping it is no better than removing it.
+        let dead_target = view(voters(3), &[1, 2]);
+        assert!(quorum_after_removal(&dead_target, 3, 2).is_safe());
+        assert!(quorum_beside_departures(&dead_target, 3, 2, &[2]).is_safe());
+
         // The target itself and learners change nothing; an unsafe removal stays as it was.
         assert_eq!(
             quorum_beside_departures(&three, 3, 2, &[3]),
@@ -976,6 +990,12 @@ mod tests {
             let id = target as u64 + 1;
             prop_assert_eq!(quorum_after_removal(&v, id, min_voters).is_safe(), brute_force_safe(&v, id, min_voters));
         }
+    }
+
+    proptest! {
+        // Small views, a brute force each: enough cases to meet the rarer layouts (a dead
+        // member among the voters beside a departure) every time.
+        #![proptest_config(ProptestConfig::with_cases(4096))]
 
         /// Safe beside departures iff safe now, once the leaving voters are removed, and with
         /// them dead but kept.
@@ -997,10 +1017,25 @@ mod tests {
             removed.healthy.retain(|m| !leaving.contains(m));
             let mut dead = v.clone();
             dead.healthy.retain(|m| !leaving.contains(m));
+            let healthy_voter = v.member(id).is_some_and(|m| !m.is_learner && v.is_healthy(id));
             let expected = brute_force_safe(&v, id, min_voters)
-                && brute_force_safe(&removed, id, min_voters)
-                && brute_force_safe(&dead, id, min_voters);
-            prop_assert_eq!(quorum_beside_departures(&v, id, min_voters, &leaving).is_safe(), expected);
+                && (!healthy_voter
+                    || (brute_force_safe(&removed, id, min_voters)
+                        && brute_force_safe(&dead, id, min_voters)));
+            let verdict = quorum_beside_departures(&v, id, min_voters, &leaving);
+            prop_assert_eq!(verdict.is_safe(), expected);
+            // A hold is never worse than the removal: in each way the leaving voters can go,
+            // if the voters left without the member keep a healthy majority, so do they with it.
+            if !verdict.is_safe() && quorum_after_removal(&v, id, min_voters).is_safe() {
+                for future in [&removed, &dead] {
+                    let with: Vec<&Member> = future.members.iter().filter(|m| !m.is_learner).collect();
+                    let without: Vec<&Member> = with.iter().copied().filter(|m| m.id != id).collect();
+                    prop_assert!(
+                        !has_healthy_majority(future, &without) || has_healthy_majority(future, &with),
+                        "held {} although keeping it is worse", id
+                    );
+                }
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! absence, a member list not confirmed by the leader decides nothing, and every hold names the
 //! members that are not healthy and why.
 
-use super::tests::{instance, member, minute, terminate, World};
+use super::tests::{instance, member, minute, terminate, World, UNREADABLE};
 use crate::model::{Alarm, Member, NotHealthy};
 
 fn held_reason(result: Result<serde_json::Value, super::HandlerError>) -> String {
@@ -231,6 +231,24 @@ async fn a_scale_in_waits_for_a_peer_a_confirmed_spot_interruption_is_taking() {
     assert!(calls
         .all()
         .contains(&"ec2:DescribeSpotInstanceRequests sir-2".to_string()));
+
+    // EC2 cannot say whether the peer is being interrupted: the removal waits for an answer.
+    let (h, calls, _) = spot_peer(UNREADABLE).build();
+    let reason = held_reason(h.handle(&terminate(3), minute()).await);
+    assert!(reason.contains("EC2 could not say"), "{reason}");
+    assert!(reason.contains("RequestLimitExceeded"), "{reason}");
+    assert!(!calls.all().iter().any(|c| c.contains("MemberRemove")));
+
+    // A dead voter is removed all the same: kept, it would make the interrupted one's removal
+    // unsafe, and one live voter of three is no quorum once that machine goes.
+    let (h, calls, _) = spot_peer("marked-for-termination").silent(3).build();
+    let out = h.handle(&terminate(3), minute()).await.expect("completed");
+    assert_eq!(out["results"][0]["member_removed"], true, "{out}");
+    assert!(
+        !calls.all().iter().any(|c| c.contains("Spot")),
+        "a dead voter's removal needs no Spot status: {:?}",
+        calls.all()
+    );
 
     // Five voters: counting the Spot peer out still leaves three, so EC2 is not asked.
     let mut five = spot_peer("marked-for-termination").view_with(|v| {

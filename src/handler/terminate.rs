@@ -139,27 +139,42 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
     /// `Some(what was seen)` when `instance` is a Spot instance being interrupted: its request
     /// is `marked-for-termination`, or it is already shutting down. A Spot instance scaled in,
     /// refreshed or rebalanced is not: it is held like any other. When EC2 cannot tell, it is
-    /// not confirmed.
+    /// not confirmed, and the terminating instance is held like any other.
     async fn spot_interruption(&self, instance: &Instance, deadline: &Deadline) -> Option<String> {
-        if !instance.spot {
-            return None;
-        }
-        if matches!(instance.state.as_str(), "shutting-down" | "terminated") {
-            return Some(format!(
-                "spot instance already {} (interrupted)",
-                instance.state
-            ));
-        }
-        let request = instance.spot_request_id.as_deref()?;
-        match self.fleet.spot_status(request, deadline).await {
-            Ok(Some(status)) if status.code == "marked-for-termination" => Some(format!(
-                "spot interruption confirmed (request {request} is marked-for-termination)"
-            )),
-            Ok(_) => None,
-            Err(e) => {
+        self.spot_notice(instance, deadline)
+            .await
+            .unwrap_or_else(|e| {
                 tracing::warn!(instance_id = %instance.id, error = %e, "cannot read the spot request's status: not treated as an interruption");
                 None
-            }
+            })
+    }
+
+    /// What EC2 shows of `instance`'s Spot interruption: confirmed (`Some`), none (`None`: not
+    /// a Spot instance, no request, a request EC2 no longer knows, or any other status), or
+    /// `Err` when EC2 could not be asked.
+    async fn spot_notice(
+        &self,
+        instance: &Instance,
+        deadline: &Deadline,
+    ) -> Result<Option<String>, String> {
+        if !instance.spot {
+            return Ok(None);
+        }
+        if matches!(instance.state.as_str(), "shutting-down" | "terminated") {
+            return Ok(Some(format!(
+                "spot instance already {} (interrupted)",
+                instance.state
+            )));
+        }
+        let Some(request) = instance.spot_request_id.as_deref() else {
+            return Ok(None);
+        };
+        match self.fleet.spot_status(request, deadline).await {
+            Ok(Some(status)) if status.code == "marked-for-termination" => Ok(Some(format!(
+                "spot interruption confirmed (request {request} is marked-for-termination)"
+            ))),
+            Ok(_) => Ok(None),
+            Err(e) => Err(Cause::from(&e).text),
         }
     }
 
@@ -289,8 +304,8 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
     /// their machines go within two minutes whatever is decided, so the voters left without
     /// them must still hold quorum and the floor (see [`quorum_beside_departures`]). EC2 is asked
     /// only when the answer could matter: some other Spot instance carries a voter, and counting
-    /// every such voter out would forbid the removal. A Spot status EC2 cannot give is not an
-    /// interruption, as for the terminating instance itself.
+    /// every such voter out would forbid the removal. A peer whose Spot status EC2 cannot give
+    /// then counts as leaving: the removal waits for an answer rather than guess.
     async fn held_beside_interruptions(
         &self,
         view: &ClusterView,
@@ -312,23 +327,39 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         {
             return None;
         }
-        let mut leaving = Vec::new();
-        let mut seen = Vec::new();
+        let (mut confirmed, mut unknown) = (Vec::new(), Vec::new());
         for (peer, voter) in spot_voters {
-            if let Some(what) = self.spot_interruption(peer, deadline).await {
-                leaving.push(voter.id);
-                seen.push(format!("{} ({what})", peer.id));
+            match self.spot_notice(peer, deadline).await {
+                Ok(Some(what)) => confirmed.push((voter.id, format!("{} ({what})", peer.id))),
+                Ok(None) => {}
+                Err(why) => unknown.push((voter.id, format!("{} ({why})", peer.id))),
             }
         }
-        let verdict = quorum_beside_departures(view, member.id, min_voters, &leaving);
+        let ids = |peers: &[(u64, String)]| peers.iter().map(|(id, _)| *id).collect::<Vec<_>>();
+        let names = |peers: &[(u64, String)]| {
+            peers
+                .iter()
+                .map(|(_, n)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let target = format!("removing member {} ({:x})", display_name(member), member.id);
+        let verdict = quorum_beside_departures(view, member.id, min_voters, &ids(&confirmed));
+        if !verdict.is_safe() {
+            return Some(Cause::quorum(format!(
+                "{target} is not safe beside the peer(s) a confirmed Spot interruption is taking, {}: {}",
+                names(&confirmed),
+                verdict.reason()
+            )));
+        }
+        let worst = [ids(&confirmed), ids(&unknown)].concat();
+        let verdict = quorum_beside_departures(view, member.id, min_voters, &worst);
         if verdict.is_safe() {
             return None;
         }
-        Some(Cause::quorum(format!(
-            "removing member {} ({:x}) is not safe beside the peer(s) a confirmed Spot interruption is taking, {}: {}",
-            display_name(member),
-            member.id,
-            seen.join(", "),
+        Some(Cause::other(format!(
+            "{target} waits: EC2 could not say whether Spot peer(s) {} are being interrupted, and if they are: {}",
+            names(&unknown),
             verdict.reason()
         )))
     }

@@ -43,6 +43,9 @@ impl Calls {
     }
 }
 
+/// A Spot request status the fake EC2 cannot give: its `DescribeSpotInstanceRequests` fails.
+pub(super) const UNREADABLE: &str = "(unreadable)";
+
 pub(super) struct FakeFleet {
     /// The group's instances.
     instances: Vec<Instance>,
@@ -102,11 +105,14 @@ impl Fleet for FakeFleet {
     ) -> Result<Option<crate::model::SpotStatus>, AwsError> {
         self.calls
             .push(format!("ec2:DescribeSpotInstanceRequests {request_id}"));
-        Ok(self
-            .spot
-            .iter()
-            .find(|(id, _)| id == request_id)
-            .map(|(_, code)| crate::model::SpotStatus { code: code.clone() }))
+        let code = self.spot.iter().find(|(id, _)| id == request_id);
+        if code.is_some_and(|(_, code)| code == UNREADABLE) {
+            return Err(AwsError::Failed {
+                operation: "ec2:DescribeSpotInstanceRequests",
+                detail: "RequestLimitExceeded".into(),
+            });
+        }
+        Ok(code.map(|(_, code)| crate::model::SpotStatus { code: code.clone() }))
     }
 }
 
