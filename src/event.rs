@@ -24,6 +24,19 @@ pub struct LifecycleEvent {
 }
 
 impl LifecycleEvent {
+    /// Whether this event, delivered late or again, could find its instance moved on to where a
+    /// membership change made for it would do harm: a launch (the instance may since rest in a
+    /// warm pool, stopped, or be leaving: a learner added for it would never be started) and a
+    /// terminate that does not end in EC2 (back to the warm pool, or not said: the instance may
+    /// be in service again, its member live). A terminate whose destination is `EC2` ends with
+    /// the machine gone, so its member is owed a removal whenever the event comes.
+    pub fn may_outlive_its_action(&self) -> bool {
+        match self.transition {
+            Transition::Launching => true,
+            Transition::Terminating => self.destination.as_deref() != Some("EC2"),
+        }
+    }
+
     /// A launch into the warm pool: the instance is not an etcd member yet and will not run etcd
     /// until it leaves the pool.
     pub fn into_warm_pool(&self) -> bool {

@@ -503,7 +503,9 @@ impl Membership for ThreeMembers {
     }
 }
 
-/// The happy path of a terminate event makes exactly two AWS requests.
+/// The happy path of a terminate event makes exactly two AWS requests (a scale-in whose machine
+/// goes, as AWS sends it: `Destination` `EC2`; one back to a warm pool also asks whether its
+/// action still waits before the removal).
 #[tokio::test(start_paused = true)]
 async fn a_happy_terminate_makes_two_aws_requests() {
     let describe = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| {
@@ -534,7 +536,8 @@ async fn a_happy_terminate_makes_two_aws_requests() {
     let event = json!({
         "detail-type": "EC2 Instance-terminate Lifecycle Action", "source": "aws.autoscaling",
         "detail": {"LifecycleActionToken": "tok-3", "AutoScalingGroupName": "etcd-asg", "LifecycleHookName": "etcd-terminate",
-                   "EC2InstanceId": "i-0000000000000003", "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING"}
+                   "EC2InstanceId": "i-0000000000000003", "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+                   "Origin": "AutoScalingGroup", "Destination": "EC2"}
     });
     let out = handler.handle(&event, deadline()).await.unwrap();
     assert_eq!(out["results"][0]["result"], "CONTINUE");

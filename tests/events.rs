@@ -59,6 +59,21 @@ fn warm_pool_forms() {
     assert!(!exit.into_warm_pool(), "leaving the pool is a real launch");
 }
 
+/// Which deliveries could outlive their action and do harm if acted on late: every launch, and
+/// a terminate that does not end with the machine gone (back to the warm pool, or not said).
+#[test]
+fn which_events_are_confirmed_still_waiting_before_a_change() {
+    assert!(!lifecycle("terminate.json").may_outlive_its_action());
+    assert!(!lifecycle("sns-terminate.json").may_outlive_its_action());
+    assert!(lifecycle("launch.json").may_outlive_its_action());
+    assert!(lifecycle("warm-pool-exit.json").may_outlive_its_action());
+    let mut to_pool = lifecycle("terminate.json");
+    to_pool.destination = Some("WarmPool".into());
+    assert!(to_pool.may_outlive_its_action());
+    to_pool.destination = None;
+    assert!(to_pool.may_outlive_its_action(), "not said: asked");
+}
+
 #[test]
 fn sns_wrapped_notification() {
     let e = lifecycle("sns-terminate.json");

@@ -3,7 +3,8 @@
 //! held, not let in without a member.
 
 use super::outcome::{Cause, Outcome};
-use super::{Handler, Target};
+use super::reconcile::NotAdded;
+use super::{Handler, Target, ACTION_OVER};
 use crate::model::{Fleet, Instance, Lifecycle, Membership, MembershipError};
 use crate::resilience::Dependency;
 
@@ -102,7 +103,10 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                     leader_moved: false,
                 }
             }
-            Some(newcomer) => self.add_learner(&cleanup, newcomer, target.deadline).await,
+            Some(newcomer) => {
+                self.add_learner(&cleanup, newcomer, Some(target), target.deadline)
+                    .await
+            }
         };
         match learner {
             Ok(note) => {
@@ -113,10 +117,18 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                     leader_moved: false,
                 }
             }
-            Err(reason) => {
+            Err(NotAdded::Later(reason)) => {
                 notes.push(reason);
                 Outcome::Hold {
                     cause: Cause::other(notes.join("; ")),
+                    removed,
+                }
+            }
+            Err(NotAdded::Unconfirmed(error)) => Outcome::Fail(error),
+            Err(NotAdded::ActionOver) => {
+                notes.push(ACTION_OVER.to_string());
+                Outcome::Skip {
+                    detail: notes.join("; "),
                     removed,
                 }
             }

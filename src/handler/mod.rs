@@ -47,7 +47,7 @@ use crate::event::{self, EventError, Invocation, LifecycleEvent, Message, Queued
 use crate::membership::{leader_candidate, quorum_after_removal, Verdict};
 use crate::metrics::{InvocationMetrics, Sink, Tally};
 use crate::model::{
-    ActionKey, AwsError, ClusterView, Fleet, Instance, Lifecycle, Member, Membership,
+    ActionKey, AwsError, ClusterView, Fleet, Heartbeat, Instance, Lifecycle, Member, Membership,
     MembershipError, Removal, Transition,
 };
 use crate::resilience::breaker::Snapshot;
@@ -226,7 +226,22 @@ struct Target<'a> {
     keys: Vec<ActionKey>,
     transition: Transition,
     deadline: &'a Deadline,
+    /// Ask Auto Scaling whether the action still waits before changing the membership for it
+    /// (see [`Handler::still_waiting`]).
+    confirm_before_change: bool,
 }
+
+/// What Auto Scaling says of an event's lifecycle action just before a membership change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Yes,
+    /// Completed, abandoned or timed out: a late or repeated delivery, owed nothing.
+    Over,
+}
+
+/// What a flow reports for an action found over before its membership change.
+const ACTION_OVER: &str =
+    "the lifecycle action is no longer active (a late or repeated delivery): membership left as is";
 
 /// How a removal attempt ended.
 enum RemovalOutcome {
@@ -398,6 +413,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             }],
             transition: event.transition,
             deadline,
+            confirm_before_change: event.may_outlive_its_action(),
         };
         let outcome = match self.not_ours(&event) {
             Some(detail) => Outcome::skip(detail),
@@ -422,6 +438,32 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         } else {
             None
         }
+    }
+
+    /// Whether the target's lifecycle action still waits, asked of Auto Scaling right before a
+    /// membership change. Deliveries are at least once and can be late (SQS, Lambda's retries of
+    /// an asynchronous invocation, a held event's next delivery): an action that is over must
+    /// not change the membership of an instance that has moved on since (back in service from a
+    /// warm pool, resting in one, replaced). A heartbeat by the event's token is the question
+    /// Auto Scaling answers for that one action, and it restarts the wait the change is about to
+    /// use. Asked only where a late delivery could do harm (see
+    /// [`LifecycleEvent::may_outlive_its_action`]): not for a terminate whose instance is on its
+    /// way out of EC2 (its member is owed a removal whenever the event comes), nor for the
+    /// sweep's targets, listed waiting moments before. `Err` when Auto Scaling cannot say:
+    /// nothing is changed, and the error is answered at once (a hold's heartbeat would only fail
+    /// again) so the event comes back.
+    async fn still_waiting(&self, target: &Target<'_>) -> Result<Waiting, HandlerError> {
+        if !target.confirm_before_change {
+            return Ok(Waiting::Yes);
+        }
+        for key in &target.keys {
+            match self.lifecycle.heartbeat(key, target.deadline).await {
+                Ok(Heartbeat::Recorded) => return Ok(Waiting::Yes),
+                Ok(Heartbeat::ActionOver) => {}
+                Err(e) => return Err(unconfirmed(target, &e)),
+            }
+        }
+        Ok(Waiting::Over)
     }
 
     /// The common start of a flow: fail at once if a circuit it needs is open, hold inside the
@@ -596,6 +638,22 @@ fn deadline_unsafe() -> RemovalOutcome {
 
 /// The invocation's error for a failed AWS call (`aws::aws_error` made the `AwsError`): an open
 /// circuit stays one, anything else names the instance and group it failed for.
+/// The answer when Auto Scaling cannot say whether an action still waits before a change.
+fn unconfirmed(target: &Target<'_>, e: &AwsError) -> HandlerError {
+    match error_for_aws_failure(&target.group, &target.instance_id, e) {
+        HandlerError::Failed {
+            instance_id,
+            group,
+            detail,
+        } => HandlerError::Failed {
+            instance_id,
+            group,
+            detail: format!("cannot confirm the lifecycle action still waits, so membership is left as is: {detail}"),
+        },
+        other => other,
+    }
+}
+
 fn error_for_aws_failure(group: &str, instance_id: &str, e: &AwsError) -> HandlerError {
     match e {
         AwsError::CircuitOpen(open) => HandlerError::CircuitOpen(*open),

@@ -8,7 +8,7 @@
 
 use tokio::time::Instant;
 
-use super::{display_name, Handler, RemovalOutcome};
+use super::{display_name, Handler, HandlerError, RemovalOutcome, Target, Waiting};
 use crate::membership::{
     find_member, identities_to_look_up, peer_host, silent_members, stale_members,
 };
@@ -152,31 +152,34 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
     }
 
     /// Adds `newcomer` as a learner so its node can join with `initial-cluster-state=existing`.
-    /// `Err` says why it cannot be added yet: the caller holds the launch rather than let the
-    /// instance in without a member (over an instance refresh, that is how voters are lost).
+    /// `NotAdded::Later` says why it cannot be added yet: the caller holds the launch rather
+    /// than let the instance in without a member (over an instance refresh, that is how voters
+    /// are lost). For a launch event (`action`), Auto Scaling is asked just before the add
+    /// whether the action still waits (see `still_waiting`).
     pub(super) async fn add_learner(
         &self,
         cleanup: &Cleanup,
         newcomer: &Instance,
+        action: Option<&Target<'_>>,
         deadline: &Deadline,
-    ) -> Result<String, String> {
+    ) -> Result<String, NotAdded> {
         let view = &cleanup.view;
         if let Some(member) = find_member(view, newcomer) {
             return Ok(format!("already a member ({:x})", member.id));
         }
         if cleanup.stale_left {
-            return Err("the newcomer is not added as a learner while a stale member is left; it is added once that member is removed".into());
+            return Err(NotAdded::Later("the newcomer is not added as a learner while a stale member is left; it is added once that member is removed".into()));
         }
         if let Some(other) = view.members.iter().find(|m| m.is_learner) {
-            return Err(format!(
+            return Err(NotAdded::Later(format!(
                 "the newcomer is not added as a learner while another learner ({}) is catching up (etcd allows one at a time); it is added once that one is promoted",
                 display_name(other)
-            ));
+            )));
         }
         let Some(host) = peer_host(newcomer, view) else {
-            return Err(
+            return Err(NotAdded::Later(
                 "the newcomer has no private IP yet to build its learner's peer URL from".into(),
-            );
+            ));
         };
         // Peers often speak another scheme than clients: follow the cluster's own peer URLs.
         let scheme = view
@@ -186,13 +189,32 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             .find_map(|u| u.split_once("://").map(|(scheme, _)| scheme.to_string()))
             .unwrap_or_else(|| self.config.etcd_client_scheme.as_str().to_string());
         let peer_url = format!("{scheme}://{host}:{}", self.config.etcd_peer_port);
+        if let Some(target) = action {
+            match self.still_waiting(target).await {
+                Ok(Waiting::Yes) => {}
+                Ok(Waiting::Over) => return Err(NotAdded::ActionOver),
+                Err(error) => return Err(NotAdded::Unconfirmed(error)),
+            }
+        }
         match self
             .membership
             .add_learner(view, &newcomer.id, &peer_url, deadline)
             .await
         {
             Ok(id) => Ok(format!("added as learner {id:x} with peer URL {peer_url}")),
-            Err(e) => Err(format!("the newcomer's learner was not added: {e}")),
+            Err(e) => Err(NotAdded::Later(format!(
+                "the newcomer's learner was not added: {e}"
+            ))),
         }
     }
+}
+
+/// Why a learner was not added.
+pub(super) enum NotAdded {
+    /// Not yet, and why: the launch is held until it can be.
+    Later(String),
+    /// The launch's lifecycle action was found over just before the add: nothing is owed to it.
+    ActionOver,
+    /// Auto Scaling could not say whether the launch's action still waits: nothing was added.
+    Unconfirmed(HandlerError),
 }

@@ -2,7 +2,9 @@
 //! absence, a member list not confirmed by the leader decides nothing, and every hold names the
 //! members that are not healthy and why.
 
-use super::tests::{instance, member, minute, terminate, World, UNREADABLE};
+use super::tests::{
+    instance, launch, member, minute, terminate, terminate_to_warm_pool, World, UNREADABLE,
+};
 use crate::model::{Alarm, Member, NotHealthy};
 
 fn held_reason(result: Result<serde_json::Value, super::HandlerError>) -> String {
@@ -261,6 +263,68 @@ async fn a_scale_in_waits_for_a_peer_a_confirmed_spot_interruption_is_taking() {
     assert_eq!(out["results"][0]["member_removed"], true, "{out}");
     assert!(
         !calls.all().iter().any(|c| c.contains("Spot")),
+        "{:?}",
+        calls.all()
+    );
+}
+
+/// Deliveries are at least once and can be late: a scale-in back to the warm pool whose action
+/// is over (the instance may be back in service since) must not remove the member of an
+/// instance that serves again; a launch whose action is over (the instance rests in a warm pool
+/// since) must not add a learner that no node will ever start, which would block every later
+/// launch (one learner at a time). Auto Scaling is asked just before the change; a hold asks
+/// nothing more, and a terminate whose machine goes (destination `EC2`) is not asked at all.
+#[tokio::test]
+async fn a_late_delivery_of_an_action_that_is_over_changes_no_membership() {
+    let mut world = World::three_nodes();
+    world.actions_over = vec![instance(3).id];
+    let (h, calls, _) = world.build();
+    let out = h
+        .handle(&terminate_to_warm_pool(3), minute())
+        .await
+        .expect("answered");
+    let result = &out["results"][0];
+    assert_eq!(result["action"], "skipped", "{out}");
+    assert!(
+        result["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no longer active")),
+        "{out}"
+    );
+    let calls = calls.all();
+    assert!(
+        !calls.iter().any(|c| c.contains("MemberRemove")),
+        "{calls:?}"
+    );
+    assert!(!calls.iter().any(|c| c.contains("Complete")), "{calls:?}");
+
+    // Still waiting: asked, then removed and completed.
+    let (h, calls, _) = World::three_nodes().build();
+    let out = h
+        .handle(&terminate_to_warm_pool(3), minute())
+        .await
+        .expect("completed");
+    assert_eq!(out["results"][0]["member_removed"], true, "{out}");
+    let calls = calls.all();
+    let asked = calls.iter().position(|c| c.contains("Heartbeat"));
+    let removed = calls.iter().position(|c| c.contains("MemberRemove"));
+    assert!(
+        asked.is_some() && removed.is_some() && asked < removed,
+        "{calls:?}"
+    );
+
+    let mut world = World::three_nodes();
+    world.instances.push(instance(4));
+    world.config.etcd_add_learner_on_launch = true;
+    world.actions_over = vec![instance(4).id];
+    let (h, calls, _) = world.build();
+    let out = h
+        .handle(&launch(&instance(4).id), minute())
+        .await
+        .expect("answered");
+    assert_eq!(out["results"][0]["action"], "skipped", "{out}");
+    assert!(
+        !calls.all().iter().any(|c| c.contains("MemberAdd")),
         "{:?}",
         calls.all()
     );

@@ -18,8 +18,10 @@
 //! member it completes them all, and while the removal is unsafe it holds them all.
 
 use super::outcome::{Outcome, Subject};
-use super::reconcile::Cleanup;
-use super::{display_name, error_for_aws_failure, Handler, HandlerError, InstanceResult, Target};
+use super::reconcile::{Cleanup, NotAdded};
+use super::{
+    display_name, error_for_aws_failure, Handler, HandlerError, InstanceResult, Target, ACTION_OVER,
+};
 use crate::membership::{find_member, identity, Identity};
 use crate::model::{
     ActionKey, ClusterView, Fleet, GroupLifecycle, Heartbeat, Instance, Lifecycle, Membership,
@@ -269,8 +271,10 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             ));
         }
         let missing = without_member(view, lifecycle, instances)?;
-        let note = match self.add_learner(cleanup, missing, deadline).await {
-            Ok(note) | Err(note) => note,
+        let note = match self.add_learner(cleanup, missing, None, deadline).await {
+            Ok(note) | Err(NotAdded::Later(note)) => note,
+            Err(NotAdded::ActionOver) => ACTION_OVER.to_string(),
+            Err(NotAdded::Unconfirmed(error)) => error.to_string(),
         };
         Some(format!("{} has no member: {note}", missing.id))
     }
@@ -318,6 +322,8 @@ fn waiter<'a>(
             keys,
             transition: waiting_on.flow(),
             deadline,
+            // Listed waiting by the sweep itself moments before.
+            confirm_before_change: false,
         },
         heartbeats: 0,
     })

@@ -5,7 +5,10 @@
 use tokio::time::Instant;
 
 use super::outcome::{Cause, Outcome};
-use super::{display_name, Handler, RemovalOutcome, Target};
+use super::{
+    display_name, removal_forbidden, Handler, HandlerError, RemovalOutcome, Target, Waiting,
+    ACTION_OVER,
+};
 use crate::membership::{
     absence_proven, find_member, identities_to_look_up, quorum_after_removal,
     quorum_beside_departures, Absence,
@@ -24,6 +27,10 @@ enum Decision {
     },
     /// Not safe now (or not decidable: the lock or the view could not be had).
     Unsafe(Cause),
+    /// The lifecycle action was found over just before the removal: nothing is owed to it.
+    Over,
+    /// Auto Scaling could not say whether the action still waits: nothing was changed.
+    Failed(HandlerError),
 }
 
 impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
@@ -66,9 +73,14 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         let started = Instant::now();
         loop {
             let (mut notes, decision) = self
-                .decide_removal(instances, instance, interrupted.is_some(), target.deadline)
+                .decide_removal(target, instances, instance, interrupted.is_some())
                 .await;
             let (removed, leader_moved) = match decision {
+                Decision::Over => {
+                    notes.push(ACTION_OVER.to_string());
+                    return Outcome::skip(notes.join("; "));
+                }
+                Decision::Failed(error) => return Outcome::Fail(error),
                 Decision::Done {
                     note,
                     removed,
@@ -243,16 +255,12 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
     /// leave enough voters beside the peers a confirmed Spot interruption is taking.
     async fn decide_removal(
         &self,
+        target: &Target<'_>,
         instances: &[Instance],
         instance: &Instance,
         interrupted: bool,
-        deadline: &Deadline,
     ) -> (Vec<String>, Decision) {
-        let min_voters = if interrupted {
-            1
-        } else {
-            self.config.etcd_min_voters
-        };
+        let deadline = target.deadline;
         let lock = match self.membership.lock(instances, deadline).await {
             Ok(lock) => lock,
             Err(e) => {
@@ -276,22 +284,11 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                     self.absence_decision(&view, instance, instances, deadline)
                         .await,
                 ),
-                Some(member) => {
-                    let beside = if interrupted {
-                        None
-                    } else {
-                        self.held_beside_interruptions(&view, member, instances, deadline)
-                            .await
-                    };
-                    let outcome = match beside {
-                        Some(cause) => RemovalOutcome::Unsafe(cause),
-                        None => {
-                            self.remove_member(&view, member, min_voters, deadline)
-                                .await
-                        }
-                    };
-                    (notes, decision_from(member, outcome))
-                }
+                Some(member) => (
+                    notes,
+                    self.member_decision(target, &view, member, instances, interrupted)
+                        .await,
+                ),
             },
         };
         self.membership.unlock(lock, deadline).await;
@@ -300,6 +297,41 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
 }
 
 impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
+    /// The removal of the instance's member, tried once nothing forbids it (quorum, the floor,
+    /// the peers a Spot interruption is taking) and Auto Scaling confirms the action still
+    /// waits: the checks come first so a hold costs no extra call.
+    async fn member_decision(
+        &self,
+        target: &Target<'_>,
+        view: &ClusterView,
+        member: &Member,
+        instances: &[Instance],
+        interrupted: bool,
+    ) -> Decision {
+        let deadline = target.deadline;
+        let min_voters = if interrupted {
+            1
+        } else {
+            self.config.etcd_min_voters
+        };
+        if !interrupted {
+            let beside = self.held_beside_interruptions(view, member, instances, deadline);
+            if let Some(cause) = beside.await {
+                return Decision::Unsafe(cause);
+            }
+        }
+        if let Some(cause) = removal_forbidden(view, member, min_voters) {
+            return Decision::Unsafe(cause);
+        }
+        match self.still_waiting(target).await {
+            Ok(Waiting::Yes) => {}
+            Ok(Waiting::Over) => return Decision::Over,
+            Err(error) => return Decision::Failed(error),
+        }
+        let outcome = self.remove_member(view, member, min_voters, deadline).await;
+        decision_from(member, outcome)
+    }
+
     /// Why a plain removal of `member` must wait for peers under a confirmed Spot interruption:
     /// their machines go within two minutes whatever is decided, so the voters left without
     /// them must still hold quorum and the floor (see [`quorum_beside_departures`]). EC2 is asked

@@ -328,6 +328,8 @@ pub(super) struct World {
     pub(super) writes_refused: bool,
     learners_ready: bool,
     open_lifecycle: Option<CircuitOpen>,
+    /// Instances whose lifecycle actions are already over (completed before, timed out).
+    pub(super) actions_over: Vec<String>,
 }
 
 impl World {
@@ -351,6 +353,7 @@ impl World {
             writes_refused: false,
             learners_ready: false,
             open_lifecycle: None,
+            actions_over: Vec::new(),
         }
     }
 
@@ -384,7 +387,7 @@ impl World {
             },
             lifecycle: FakeLifecycle {
                 calls: Arc::clone(&calls),
-                done: Mutex::new(Vec::new()),
+                done: Mutex::new(self.actions_over),
                 group: self.group,
                 open: self.open_lifecycle,
             },
@@ -409,10 +412,18 @@ pub(super) fn minute() -> Deadline {
 }
 
 fn lifecycle_event(transition: &str, instance: &str) -> Value {
-    let detail_type = if transition.ends_with("LAUNCHING") {
-        "EC2 Instance-launch Lifecycle Action"
+    let (detail_type, origin, destination) = if transition.ends_with("LAUNCHING") {
+        (
+            "EC2 Instance-launch Lifecycle Action",
+            "EC2",
+            "AutoScalingGroup",
+        )
     } else {
-        "EC2 Instance-terminate Lifecycle Action"
+        (
+            "EC2 Instance-terminate Lifecycle Action",
+            "AutoScalingGroup",
+            "EC2",
+        )
     };
     json!({
         "detail-type": detail_type,
@@ -423,6 +434,8 @@ fn lifecycle_event(transition: &str, instance: &str) -> Value {
             "LifecycleHookName": "hook",
             "EC2InstanceId": instance,
             "LifecycleTransition": transition,
+            "Origin": origin,
+            "Destination": destination,
         }
     })
 }
@@ -431,7 +444,14 @@ pub(super) fn terminate(n: u8) -> Value {
     lifecycle_event("autoscaling:EC2_INSTANCE_TERMINATING", &instance(n).id)
 }
 
-fn launch(id: &str) -> Value {
+/// A scale-in back to the warm pool (`ReuseOnScaleIn`): the instance may come back in service.
+pub(super) fn terminate_to_warm_pool(n: u8) -> Value {
+    let mut event = terminate(n);
+    event["detail"]["Destination"] = json!("WarmPool");
+    event
+}
+
+pub(super) fn launch(id: &str) -> Value {
     lifecycle_event("autoscaling:EC2_INSTANCE_LAUNCHING", id)
 }
 

@@ -323,5 +323,63 @@ class WarmPoolScaleInUnderTheChaosInvariantsTest(unittest.TestCase):
         self.assertEqual(world.violations, [], world.log)
 
 
+
+class LateLaunchDeliveryAfterTheWarmPoolTest(unittest.TestCase):
+    """Learners on, a warm pool on the group. An instance is launched (its learner added, its node
+    joining), then scaled in back to the pool: its member is removed and it rests stopped there.
+    Then its launch event comes again, late, as SNS, SQS or Lambda's retries may deliver it.
+
+    Found by the seeded chaos on etcd 3.5 (seed 5117): the late launch added a learner for the
+    stopped instance (its completion answered "already done"); no node would ever start it, the
+    stale cleanup never removes a member whose instance still exists, and as etcd takes one
+    learner at a time every later launch was held behind it for good. The function now asks
+    Auto Scaling whether the action still waits just before adding the learner."""
+
+    def setUp(self) -> None:
+        stack = Stack(nodes=3)
+        stack.up()
+        self.addCleanup(stack.down)
+        topology = Topology(groups=dict(stack.group_sizes), warm_pool=True, learners=True)
+        self.world = World(stack, random.Random(0), {"ETCD_ADD_LEARNER_ON_LAUNCH": "true"}, topology=topology)
+
+    def step(self, action) -> None:
+        world = self.world
+        world.step_no += 1
+        before = world.snapshot()
+        action()
+        world.agent()
+        world.check_step(before, world.snapshot(), True)
+
+    def test_the_late_launch_adds_no_learner_and_later_launches_go_on(self):
+        world, stack, etcd = self.world, self.world.stack, self.world.stack.etcd
+        new, launch = stack.start_launch(control=True)
+        world.order.append(new)
+        world.track(launch)
+        self.step(lambda: world.deliver([Delivery(launch.token)], timeout_ms=20_000))
+        self.assertIn(new, etcd.nodes, f"its node joined: {world.log}")
+
+        back = world.track(stack.start_warm_scale_in(new)).action
+        for _ in range(8):  # etcd refuses changes for a moment after the learner joined
+            self.step(lambda: world.deliver([Delivery(back.token)], timeout_ms=20_000))
+            if back.token not in world.active_tokens():
+                break
+            time.sleep(1.0)
+        self.assertEqual(stack.warm_state(new), WARM_STOPPED, world.log)
+        before = set(etcd.member_names())
+        time.sleep(8.0)  # late: etcd takes a new member again a few seconds after a removal
+
+        self.step(lambda: world.deliver([Delivery(launch.token, "sns")], timeout_ms=20_000))
+        self.assertEqual(set(etcd.member_names()), before, f"a learner was added: {world.log}")
+        self.assertFalse(any(m.is_learner for m in etcd.members()), world.log)
+
+        later, action = stack.start_launch(control=True)
+        world.order.append(later)
+        world.track(action)
+        self.step(lambda: world.deliver([Delivery(action.token)], timeout_ms=20_000))
+        self.assertNotIn(action.token, world.active_tokens(), f"the next launch is let in: {world.log}")
+        world.step_no += 1
+        self.assertTrue(world.quiesce(budget_s=60), f"{world.unfinished()}: {world.log}")
+        self.assertEqual(world.violations, [], world.log)
+
 if __name__ == "__main__":
     unittest.main()

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from tests.e2e.base import E2ETestCase
+from tests.e2e.base import ETCD_NOT_YET, E2ETestCase
 from tests.stack import TERMINATING, FunctionProcess, Stack
 from tests.stack.aws import LifecycleAction
 from tests.stack.tls import make_tls
@@ -447,6 +447,35 @@ class LearnerTest(LayoutCase):
             self.assertResult(payload, victim, "completed", "CONTINUE", member_removed=True)
             self.assertIn(new, self.voters(), f"{new} promoted, {victim} gone{self.context()}")
             self.assertQuorate()
+
+    def test_a_late_launch_delivery_adds_no_learner_once_the_instance_has_moved_on(self):
+        """Deliveries are at least once: the launch event of an instance that has since gone back
+        to the warm pool (its member removed, its machine stopped) comes again. A learner added
+        for it would never be started, and as etcd takes one learner at a time every later
+        launch would wait on it; Auto Scaling says the action is over, so nothing is added."""
+        stack = self.stack
+        new, action = stack.start_launch()
+        launched = stack.eventbridge(action)
+        payload, _ = self.deliver_until_done(launched)
+        self.assertResult(payload, new, "completed", "CONTINUE")
+        self.join(new)
+        back = stack.start_warm_scale_in(new)
+        payload, _ = self.deliver_until_done(stack.eventbridge(back), hold_words=ETCD_NOT_YET)
+        self.assertResult(payload, new, "completed", "CONTINUE", member_removed=True)
+        stack.etcd.stop_node(new)
+        members = self.members()
+        time.sleep(8.0)  # late: etcd takes a new member again a few seconds after a removal
+
+        payload = self.assertSucceeded(*self.invoke(launched))
+
+        line = self.assertResult(payload, new, "skipped", "NONE")
+        self.assertIn("late or repeated delivery", line["detail"])
+        self.assertNotIn("learner", line["detail"], "no learner was even tried")
+        self.assertEqual(self.members(), members, "no learner added for the late delivery")
+        second, action = stack.start_launch()
+        payload, _ = self.deliver_until_done(stack.eventbridge(action))
+        self.assertResult(payload, second, "completed", "CONTINUE")
+        self.assertEqual(self.learners(), [second])
 
     def test_a_launch_is_held_while_another_learner_catches_up_then_let_in(self):
         stack = self.stack

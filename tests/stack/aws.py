@@ -111,6 +111,9 @@ class LifecycleAction:
     instance_id: str
     transition: str
     started: float = field(default_factory=time.time)
+    # In a warm pool (going back to it, or launched into it): its events' Destination is
+    # `WarmPool`, as AWS sends them.
+    warm: bool = False
 
 
 class LifecycleRegistry:
@@ -220,7 +223,9 @@ class LifecycleRegistry:
             self.warm_pools.setdefault(group, {})[instance_id] = WARM_WAIT
             mine = None
             for name in hooks:
-                action = LifecycleAction(str(uuid.uuid4()), group, name, instance_id, transition)
+                action = LifecycleAction(
+                    str(uuid.uuid4()), group, name, instance_id, transition, warm=True
+                )
                 self._active[action.token] = action
                 if name == hook:
                     mine = action

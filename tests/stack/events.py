@@ -32,13 +32,16 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _origin(transition: str) -> tuple[str, str]:
-    return ("EC2", "AutoScalingGroup") if transition == LAUNCHING else ("AutoScalingGroup", "EC2")
+def _origin(action: LifecycleAction) -> tuple[str, str]:
+    """Origin and Destination as AWS sends them: a warm-pool action ends in the pool."""
+    if action.transition == LAUNCHING:
+        return ("EC2", "WarmPool" if action.warm else "AutoScalingGroup")
+    return ("AutoScalingGroup", "WarmPool" if action.warm else "EC2")
 
 
 def detail(action: LifecycleAction, metadata: str | None = None) -> dict[str, Any]:
     """The `detail` of an EventBridge lifecycle action event."""
-    origin, destination = _origin(action.transition)
+    origin, destination = _origin(action)
     d = {
         "LifecycleActionToken": action.token,
         "AutoScalingGroupName": action.group,
@@ -74,7 +77,7 @@ def eventbridge(
 
 def notification(action: LifecycleAction, account: str = ACCOUNT) -> dict[str, Any]:
     """The message Auto Scaling sends to an SNS topic or SQS queue for a paused instance."""
-    origin, destination = _origin(action.transition)
+    origin, destination = _origin(action)
     return {
         "Origin": origin,
         "LifecycleHookName": action.hook,
