@@ -246,7 +246,9 @@ class TcpGate:
                 conn.close()
             elif armed.kind == "grpc":
                 _grpc_answer(conn, armed.code, armed.message)
-        except OSError:
+        except (OSError, ValueError):
+            # The gate closed this connection from another thread (`close`, `reset_all`): a
+            # socket closed under select() raises ValueError (its descriptor is -1), not OSError.
             pass
         finally:
             self._forget(conn)
