@@ -253,20 +253,15 @@ class TerminateRedeliveredAfterItsMemberWentTest(unittest.TestCase):
         self.assertTrue(any(c["instance_id"] == b1 for c in stack.aws.completions()))
 
 
-class WarmPoolScaleInUnderTheChaosInvariantsTest(unittest.TestCase):
-    """A warm pool on the group. A follower goes back to the pool on scale-in while another
-    follower's etcd is down: its removal would leave one healthy voter of two, so the function
-    must hold it (heartbeat). Then the node comes back, the event is lost, and the sweeps must find
-    the instance in `Warmed:Pending:Wait` (only DescribeWarmPool lists it), remove its member and
-    let it go: it rests stopped in the pool, its node with it. Then an instance is launched into
-    the pool: it completes at once, without a member. Every step is checked by the chaos
-    world's invariants, and the world's end (`quiesce`) must find nothing left to finish."""
+class WarmPoolWorldScene(unittest.TestCase):
+    """A three-node group with a warm pool, learners on launch, every step checked by the chaos
+    world's invariants (a base: it has no test of its own)."""
 
     def setUp(self) -> None:
         stack = Stack(nodes=3)
         stack.up()
         self.addCleanup(stack.down)
-        topology = Topology(groups=dict(stack.group_sizes), warm_pool=True)
+        topology = Topology(groups=dict(stack.group_sizes), warm_pool=True, learners=True)
         self.world = World(stack, random.Random(0), {"ETCD_ADD_LEARNER_ON_LAUNCH": "true"}, topology=topology)
 
     def step(self, action, function_step: bool = True) -> None:
@@ -276,6 +271,16 @@ class WarmPoolScaleInUnderTheChaosInvariantsTest(unittest.TestCase):
         action()
         world.agent()
         world.check_step(before, world.snapshot(), function_step)
+
+
+class WarmPoolScaleInUnderTheChaosInvariantsTest(WarmPoolWorldScene):
+    """A warm pool on the group. A follower goes back to the pool on scale-in while another
+    follower's etcd is down: its removal would leave one healthy voter of two, so the function
+    must hold it (heartbeat). Then the node comes back, the event is lost, and the sweeps must find
+    the instance in `Warmed:Pending:Wait` (only DescribeWarmPool lists it), remove its member and
+    let it go: it rests stopped in the pool, its node with it. Then an instance is launched into
+    the pool: it completes at once, without a member. Every step is checked by the chaos
+    world's invariants, and the world's end (`quiesce`) must find nothing left to finish."""
 
     def test_held_while_unsafe_then_found_by_the_sweep_and_removed(self):
         world, stack, etcd = self.world, self.world.stack, self.world.stack.etcd
@@ -324,7 +329,7 @@ class WarmPoolScaleInUnderTheChaosInvariantsTest(unittest.TestCase):
 
 
 
-class LateLaunchDeliveryAfterTheWarmPoolTest(unittest.TestCase):
+class LateLaunchDeliveryAfterTheWarmPoolTest(WarmPoolWorldScene):
     """Learners on, a warm pool on the group. An instance is launched (its learner added, its node
     joining), then scaled in back to the pool: its member is removed and it rests stopped there.
     Then its launch event comes again, late, as SNS, SQS or Lambda's retries may deliver it.
@@ -334,21 +339,6 @@ class LateLaunchDeliveryAfterTheWarmPoolTest(unittest.TestCase):
     stale cleanup never removes a member whose instance still exists, and as etcd takes one
     learner at a time every later launch was held behind it for good. The function now asks
     Auto Scaling whether the action still waits just before adding the learner."""
-
-    def setUp(self) -> None:
-        stack = Stack(nodes=3)
-        stack.up()
-        self.addCleanup(stack.down)
-        topology = Topology(groups=dict(stack.group_sizes), warm_pool=True, learners=True)
-        self.world = World(stack, random.Random(0), {"ETCD_ADD_LEARNER_ON_LAUNCH": "true"}, topology=topology)
-
-    def step(self, action) -> None:
-        world = self.world
-        world.step_no += 1
-        before = world.snapshot()
-        action()
-        world.agent()
-        world.check_step(before, world.snapshot(), True)
 
     def test_the_late_launch_adds_no_learner_and_later_launches_go_on(self):
         world, stack, etcd = self.world, self.world.stack, self.world.stack.etcd
