@@ -10,8 +10,7 @@ use super::{
     ACTION_OVER,
 };
 use crate::membership::{
-    absence_proven, find_member, identities_to_look_up, quorum_after_removal,
-    quorum_beside_departures, Absence,
+    absence_proven, find_member, identities_to_look_up, quorum_beside_departures, Absence,
 };
 use crate::model::{ClusterView, Fleet, Instance, Lifecycle, Member, Membership, MembershipError};
 use crate::resilience::policy::{Deadline, SPOT_NOTICE, SPOT_RETRY_PAUSE};
@@ -314,14 +313,14 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         } else {
             self.config.etcd_min_voters
         };
+        if let Some(cause) = removal_forbidden(view, member, min_voters) {
+            return Decision::Unsafe(cause);
+        }
         if !interrupted {
             let beside = self.held_beside_interruptions(view, member, instances, deadline);
             if let Some(cause) = beside.await {
                 return Decision::Unsafe(cause);
             }
-        }
-        if let Some(cause) = removal_forbidden(view, member, min_voters) {
-            return Decision::Unsafe(cause);
         }
         match self.still_waiting(target).await {
             Ok(Waiting::Yes) => {}
@@ -332,12 +331,13 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
         decision_from(member, outcome)
     }
 
-    /// Why a plain removal of `member` must wait for peers under a confirmed Spot interruption:
-    /// their machines go within two minutes whatever is decided, so the voters left without
-    /// them must still hold quorum and the floor (see [`quorum_beside_departures`]). EC2 is asked
-    /// only when the answer could matter: some other Spot instance carries a voter, and counting
-    /// every such voter out would forbid the removal. A peer whose Spot status EC2 cannot give
-    /// then counts as leaving: the removal waits for an answer rather than guess.
+    /// Why a plain removal of `member`, which nothing else forbids, must wait for peers under a
+    /// confirmed Spot interruption: their machines go within two minutes whatever is decided, so
+    /// the voters left without them must still hold quorum and the floor (see
+    /// [`quorum_beside_departures`]). EC2 is asked only when the answer could matter: some other
+    /// Spot instance carries a voter, and counting every such voter out would forbid the
+    /// removal. A peer whose Spot status EC2 cannot give then counts as leaving: the removal
+    /// waits for an answer rather than guess.
     async fn held_beside_interruptions(
         &self,
         view: &ClusterView,
@@ -353,10 +353,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             .filter(|(_, m)| !m.is_learner && m.id != member.id)
             .collect();
         let all: Vec<u64> = spot_voters.iter().map(|(_, m)| m.id).collect();
-        if !view.confirmed_by_leader
-            || !quorum_after_removal(view, member.id, min_voters).is_safe()
-            || quorum_beside_departures(view, member.id, min_voters, &all).is_safe()
-        {
+        if quorum_beside_departures(view, member.id, min_voters, &all).is_safe() {
             return None;
         }
         let (mut confirmed, mut unknown) = (Vec::new(), Vec::new());
@@ -375,11 +372,11 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let target = format!("removing member {} ({:x})", display_name(member), member.id);
+        let removing = format!("removing member {} ({:x})", display_name(member), member.id);
         let verdict = quorum_beside_departures(view, member.id, min_voters, &ids(&confirmed));
         if !verdict.is_safe() {
             return Some(Cause::quorum(format!(
-                "{target} is not safe beside the peer(s) a confirmed Spot interruption is taking, {}: {}",
+                "{removing} is not safe beside the peer(s) a confirmed Spot interruption is taking, {}: {}",
                 names(&confirmed),
                 verdict.reason()
             )));
@@ -390,7 +387,7 @@ impl<F: Fleet, L: Lifecycle, M: Membership> Handler<F, L, M> {
             return None;
         }
         Some(Cause::other(format!(
-            "{target} waits: EC2 could not say whether Spot peer(s) {} are being interrupted, and if they are: {}",
+            "{removing} waits: EC2 could not say whether Spot peer(s) {} are being interrupted, and if they are: {}",
             names(&unknown),
             verdict.reason()
         )))
