@@ -636,8 +636,6 @@ fn deadline_unsafe() -> RemovalOutcome {
     ))
 }
 
-/// The invocation's error for a failed AWS call (`aws::aws_error` made the `AwsError`): an open
-/// circuit stays one, anything else names the instance and group it failed for.
 /// The answer when Auto Scaling cannot say whether an action still waits before a change.
 fn unconfirmed(target: &Target<'_>, e: &AwsError) -> HandlerError {
     match error_for_aws_failure(&target.group, &target.instance_id, e) {
@@ -654,6 +652,8 @@ fn unconfirmed(target: &Target<'_>, e: &AwsError) -> HandlerError {
     }
 }
 
+/// The invocation's error for a failed AWS call (`aws::aws_error` made the `AwsError`): an open
+/// circuit stays one, anything else names the instance and group it failed for.
 fn error_for_aws_failure(group: &str, instance_id: &str, e: &AwsError) -> HandlerError {
     match e {
         AwsError::CircuitOpen(open) => HandlerError::CircuitOpen(*open),
