@@ -208,6 +208,49 @@ async fn five_consecutive_503s_open_the_circuit_and_the_sixth_call_makes_no_requ
     );
 }
 
+/// Auto Scaling's quota is shared by every tool of the account, so throttling can outlast many
+/// calls. Each call retries it and gives up with the attempts' error, but the circuit stays closed:
+/// twelve throttles in a row (beyond the five 503s that open it, above) and the next heartbeat
+/// still reaches Auto Scaling and keeps the waiting action alive.
+#[tokio::test(start_paused = true)]
+async fn throttling_is_retried_and_never_opens_the_circuit() {
+    let throttled = || {
+        RecordLifecycleActionHeartbeatError::generic(
+            ErrorMetadata::builder()
+                .code("Throttling")
+                .message("Rate exceeded")
+                .build(),
+        )
+    };
+    let rule = mock!(aws_sdk_autoscaling::Client::record_lifecycle_action_heartbeat)
+        .sequence()
+        .error(throttled)
+        .times(12)
+        .output(|| RecordLifecycleActionHeartbeatOutput::builder().build())
+        .build();
+    let layer = resilience();
+    let lifecycle = autoscaling(&[&rule], &layer);
+    for call in 1..=3 {
+        let err = lifecycle.heartbeat(&key(), &deadline()).await.unwrap_err();
+        assert!(
+            err.to_string().contains("kept failing after 4 attempt(s)"),
+            "{err}"
+        );
+        assert_eq!(rule.num_calls(), 4 * call, "every attempt was made");
+    }
+    assert_eq!(
+        layer
+            .breaker(Dependency::Autoscaling)
+            .state(tokio::time::Instant::now()),
+        State::Closed
+    );
+    assert_eq!(
+        lifecycle.heartbeat(&key(), &deadline()).await.unwrap(),
+        Heartbeat::Recorded
+    );
+    assert_eq!(rule.num_calls(), 13);
+}
+
 fn ec2_instance(n: u8) -> Ec2Instance {
     ec2_instance_builder(n).build()
 }
