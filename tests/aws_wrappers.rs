@@ -186,6 +186,13 @@ async fn five_consecutive_503s_open_the_circuit_and_the_sixth_call_makes_no_requ
         "{first}"
     );
     assert_eq!(rule.num_calls(), 4);
+    // What the service sent, not the SDK's debug dump of the raw response.
+    assert!(
+        first
+            .to_string()
+            .ends_with("service error; unhandled error: error parsing XML: no root element"),
+        "{first}"
+    );
     let second = lifecycle.complete(&key(), &deadline()).await.unwrap_err();
     assert_eq!(rule.num_calls(), 5);
     assert!(
@@ -232,9 +239,11 @@ async fn throttling_is_retried_and_never_opens_the_circuit() {
     let lifecycle = autoscaling(&[&rule], &layer);
     for call in 1..=3 {
         let err = lifecycle.heartbeat(&key(), &deadline()).await.unwrap_err();
+        let text = err.to_string();
         assert!(
-            err.to_string().contains("kept failing after 4 attempt(s)"),
-            "{err}"
+            text.contains("kept failing after 4 attempt(s)")
+                && text.ends_with("Throttling: Rate exceeded"),
+            "{text}"
         );
         assert_eq!(rule.num_calls(), 4 * call, "every attempt was made");
     }

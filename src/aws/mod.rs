@@ -7,7 +7,6 @@ pub mod on_first_use;
 
 use std::time::Duration;
 
-use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::model::AwsError;
@@ -19,21 +18,54 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connect timeout: an unreachable endpoint should fail fast, not eat the deadline.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Turns a failed call into the handler's error, keeping the SDK's full message (code and text).
+/// Turns a failed call into the handler's error, keeping what the service said (code, message
+/// and request ID) or why no answer came.
 pub(crate) fn aws_error<E>(operation: &'static str, error: CallError<E>) -> AwsError
 where
-    E: std::error::Error + 'static,
+    E: std::error::Error + ProvideErrorMetadata + 'static,
 {
     match error {
         CallError::CircuitOpen(open) => AwsError::CircuitOpen(open),
         other => AwsError::Failed {
             operation,
             detail: match other.source_error() {
-                Some(source) => format!("{other}; {}", DisplayErrorContext(source)),
+                Some(source) => format!("{other}; {}", cause_of(source)),
                 None => other.to_string(),
             },
         },
     }
+}
+
+/// One line an operator can read in the log and in Lambda's error: the service's code, message
+/// and request ID when it answered, else the chain of causes (refused, timed out). Not the SDK's
+/// `DisplayErrorContext`, which ends with the error's `Debug` form: the raw response, headers and
+/// body, kilobytes of it in every held instance's error.
+fn cause_of<E>(error: &E) -> String
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+{
+    if let Some(code) = error.code() {
+        let message = error.message().unwrap_or("(no message)");
+        return match error.meta().extra("aws_request_id") {
+            Some(id) => format!("{code}: {message} (request ID {id})"),
+            None => format!("{code}: {message}"),
+        };
+    }
+    // The call's own error already says the top of the chain ("service error", "dispatch
+    // failure"); the causes under it are what is news.
+    let mut causes: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = match error.source() {
+        Some(source) => Some(source),
+        None => Some(error),
+    };
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if causes.last() != Some(&text) {
+            causes.push(text);
+        }
+        next = cause.source();
+    }
+    causes.join(": ")
 }
 
 /// Whether Auto Scaling said "No active Lifecycle Action found": the action was completed before
