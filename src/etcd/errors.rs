@@ -197,7 +197,7 @@ pub(super) fn sort_error(url: &str, e: &etcd_client::Error) -> EndpointMiss {
         return EndpointMiss::NoLeader(detail);
     }
     match e.class() {
-        Class::Transient | Class::Throttled => EndpointMiss::Busy(detail),
+        Class::Transient => EndpointMiss::Busy(detail),
         Class::Permanent => EndpointMiss::Final(PassFailure::Rejected {
             detail: format!("{url} answered {detail}"),
         }),

@@ -327,7 +327,7 @@ pub fn ceil_secs(d: Duration) -> u64 {
 /// The right to make one call. Report its outcome with one of the consuming methods; dropping it
 /// unreported (a cancelled or timed out call) gives a half-open probe slot back and counts nothing.
 #[derive(Debug)]
-#[must_use = "a permit must be settled with success/failure/answered/throttled, or dropped to release it"]
+#[must_use = "a permit must be settled with success/failure/answered, or dropped to release it"]
 pub struct Permit {
     breaker: Arc<Breaker>,
     probe: bool,
@@ -352,14 +352,6 @@ impl Permit {
     pub fn answered(mut self) {
         self.settled = true;
         self.breaker.on_answer(self.probe);
-    }
-
-    /// The service asked for a slower request rate. Counts nothing either way (a run of
-    /// failures goes on, a half-open circuit stays half-open) and gives a probe slot back, so the
-    /// caller's backoff, not a reopened circuit, decides when the next request goes.
-    pub fn throttled(mut self) {
-        self.settled = true;
-        self.breaker.release(self.probe);
     }
 }
 
@@ -393,7 +385,6 @@ mod tests {
         Success,
         Failure,
         Answered,
-        Throttled,
         Dropped,
         /// Time passes beyond the reset timeout.
         Elapse,
@@ -425,7 +416,6 @@ mod tests {
                     Event::Success => permit.success(),
                     Event::Failure => permit.failure(now),
                     Event::Answered => permit.answered(),
-                    Event::Throttled => permit.throttled(),
                     Event::Dropped => drop(permit),
                     Event::Elapse => unreachable!(),
                 },
@@ -444,22 +434,18 @@ mod tests {
             (Closed, Success, Closed),
             (Closed, Failure, Closed),
             (Closed, Answered, Closed),
-            (Closed, Throttled, Closed),
             (Closed, Dropped, Closed),
             (Closed, Elapse, Closed),
             // Open rejects everything until the reset timeout.
             (Open, Success, Open),
             (Open, Failure, Open),
             (Open, Answered, Open),
-            (Open, Throttled, Open),
             (Open, Dropped, Open),
             (Open, Elapse, HalfOpen),
-            // One success of two needed keeps it half-open; a failure reopens; a throttled
-            // probe neither reopens nor counts towards closing.
+            // One success of two needed keeps it half-open; a failure reopens.
             (HalfOpen, Success, HalfOpen),
             (HalfOpen, Failure, Open),
             (HalfOpen, Answered, HalfOpen),
-            (HalfOpen, Throttled, HalfOpen),
             (HalfOpen, Dropped, HalfOpen),
             (HalfOpen, Elapse, HalfOpen),
         ];
@@ -508,37 +494,6 @@ mod tests {
             vec![(State::Closed, 1), (State::Open, 1), (State::HalfOpen, 1)]
         );
         assert!(b.take_transitions().is_empty(), "counters drain");
-    }
-
-    /// Throttling neither counts nor resets: two throttles in a run of failures still leave a
-    /// third failure to open the circuit (threshold 3), and a throttled probe frees its slot
-    /// without a success towards closing.
-    #[tokio::test(start_paused = true)]
-    async fn throttling_counts_nothing_either_way() {
-        let b = breaker();
-        let mut now = Instant::now();
-        b.acquire(now).unwrap().failure(now);
-        b.acquire(now).unwrap().throttled();
-        b.acquire(now).unwrap().failure(now);
-        b.acquire(now).unwrap().throttled();
-        assert_eq!(b.snapshot(now).consecutive_failures, 2);
-        b.acquire(now).unwrap().failure(now);
-        assert_eq!(b.state(now), State::Open);
-
-        now += RESET;
-        b.acquire(now).unwrap().throttled();
-        let probe = b
-            .acquire(now)
-            .expect("the throttled probe gave its slot back");
-        assert!(probe.is_probe());
-        probe.success();
-        assert_eq!(
-            b.state(now),
-            State::HalfOpen,
-            "one success of the two needed"
-        );
-        b.acquire(now).unwrap().success();
-        assert_eq!(b.state(now), State::Closed);
     }
 
     #[tokio::test(start_paused = true)]

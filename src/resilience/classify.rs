@@ -1,12 +1,9 @@
 //! Which failures are worth retrying and counting against a dependency.
 //!
-//! Transient: the dependency is overloaded, restarting or unreachable right now (5xx, timeouts,
-//! connection errors, etcd `Unavailable`). Retrying may help, and a run of them means the
-//! dependency is unhealthy. Throttled: an AWS service answered that the account's request rate is
-//! over its quota. Retrying after a backoff is what AWS asks for, but the answer says nothing about
-//! whether the service is up, so the breaker does not count it (see [`Class::Throttled`]).
-//! Permanent: the request itself is wrong or not allowed (validation, permission, not found):
-//! retrying cannot help and the dependency is fine.
+//! Transient: the dependency is overloaded, restarting or unreachable right now (throttling, 5xx,
+//! timeouts, connection errors, etcd `Unavailable`). Retrying may help, and a run of them means the
+//! dependency is unhealthy. Permanent: the request itself is wrong or not allowed (validation,
+//! permission, not found): retrying cannot help and the dependency is fine.
 
 use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -17,12 +14,6 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
     Transient,
-    /// Retried like a transient failure, but neither counted by the breaker nor breaking a run of
-    /// counted failures. Why: Auto Scaling's request quota is shared by every tool of the account,
-    /// so throttling can last minutes while the service is fine; a circuit opened by it would stop
-    /// the very heartbeats that keep waiting actions alive, and each half-open probe that met the
-    /// next throttle would open it again without the backoff a closed circuit gives the call.
-    Throttled,
     Permanent,
 }
 
@@ -51,12 +42,6 @@ pub fn is_transient_code(code: &str) -> bool {
         || SERVER_ERROR_CODES.contains(&code)
 }
 
-/// Whether an AWS error code says the request rate is over quota (the SDK's own list, which holds
-/// `Throttling`, EC2's `RequestLimitExceeded` and `LimitExceededException`).
-pub fn is_throttling_code(code: &str) -> bool {
-    THROTTLING_ERRORS.contains(&code)
-}
-
 /// Whether an HTTP status says "the service, not the request, failed".
 pub fn is_transient_status(status: u16) -> bool {
     matches!(status, 429 | 500 | 502 | 503 | 504)
@@ -69,11 +54,13 @@ impl<E: ProvideErrorMetadata> Classify for SdkError<E, HttpResponse> {
             // The service answered with something the SDK could not read: most often a proxy or
             // load balancer's error page.
             SdkError::ResponseError(e) => status_class(e.raw().status().as_u16()),
-            SdkError::ServiceError(e) => match self.code() {
-                Some(code) if is_throttling_code(code) => Class::Throttled,
-                Some(code) if is_transient_code(code) => Class::Transient,
-                _ => status_class(e.raw().status().as_u16()),
-            },
+            SdkError::ServiceError(e) => {
+                if self.code().is_some_and(is_transient_code) {
+                    Class::Transient
+                } else {
+                    status_class(e.raw().status().as_u16())
+                }
+            }
             // Construction failures are bugs or bad input on our side.
             _ => Class::Permanent,
         }
@@ -81,10 +68,10 @@ impl<E: ProvideErrorMetadata> Classify for SdkError<E, HttpResponse> {
 }
 
 fn status_class(status: u16) -> Class {
-    match status {
-        429 => Class::Throttled,
-        s if is_transient_status(s) => Class::Transient,
-        _ => Class::Permanent,
+    if is_transient_status(status) {
+        Class::Transient
+    } else {
+        Class::Permanent
     }
 }
 
@@ -99,9 +86,7 @@ impl Classify for etcd_client::Error {
     }
 }
 
-/// gRPC codes etcd answers when it cannot serve right now. etcd's `ResourceExhausted` ("too many
-/// requests") stays transient, not throttled: a member answers it when its applied index lags far
-/// behind its committed one, which is a sign of that member's health, not of a shared quota.
+/// gRPC codes etcd answers when it cannot serve right now.
 pub fn grpc_class(code: tonic::Code) -> Class {
     use tonic::Code;
     match code {
@@ -129,7 +114,7 @@ mod tests {
     }
 
     #[test]
-    fn throttling_codes_are_retried_and_known_as_throttling() {
+    fn throttling_codes_are_transient() {
         for code in [
             "Throttling",
             "ThrottlingException",
@@ -142,13 +127,6 @@ mod tests {
             "EC2ThrottledException",
         ] {
             assert!(is_transient_code(code), "{code}");
-            assert!(is_throttling_code(code), "{code}");
-        }
-        for code in SERVER_ERROR_CODES
-            .iter()
-            .chain(["RequestTimeout", "ValidationError"].iter())
-        {
-            assert!(!is_throttling_code(code), "{code}");
         }
         for code in [
             "ValidationError",
@@ -165,9 +143,6 @@ mod tests {
         for status in [429, 500, 502, 503, 504] {
             assert!(is_transient_status(status), "{status}");
         }
-        assert_eq!(status_class(429), Class::Throttled);
-        assert_eq!(status_class(503), Class::Transient);
-        assert_eq!(status_class(400), Class::Permanent);
         for status in [200, 400, 403, 404, 501] {
             assert!(!is_transient_status(status), "{status}");
         }

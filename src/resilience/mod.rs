@@ -4,8 +4,7 @@
 //! Why one path: retries that stack (ours on top of the SDK's) multiply load on a struggling
 //! service, and a retry that sleeps past the Lambda deadline loses the lifecycle action. Here each
 //! attempt is one call through the breaker and counts on its own; an open circuit stops the retry
-//! at once; no sleep ends inside the deadline reserve. Throttling is retried with the same backoff
-//! but not counted by the breaker ([`classify::Class::Throttled`] says why).
+//! at once; no sleep ends inside the deadline reserve.
 //!
 //! Time comes from tokio's clock (`tokio::time::Instant`), which tests pause and advance; the random
 //! source is the injectable [`backoff::Jitter`].
@@ -241,17 +240,15 @@ impl Resilience {
                 }
                 Err(error) => error,
             };
-            let class = error.class();
             let delay = self.retry_delay(dependency, deadline, permit, attempts, error)?;
-            self.note_retry(dependency, class, attempts, delay);
+            self.note_retry(dependency, attempts, delay);
             tokio::time::sleep(delay).await;
         }
     }
 
     /// Settles a failed attempt's permit and decides whether a retry can still help: a permanent
     /// error, a circuit this failure opened, or no attempt or time left all end the call here,
-    /// so the only way back into the loop is a delay that fits the deadline. A throttled attempt
-    /// is retried like a transient one but never counted: it cannot open the circuit.
+    /// so the only way back into the loop is a delay that fits the deadline.
     fn retry_delay<E: Classify>(
         &self,
         dependency: Dependency,
@@ -260,26 +257,21 @@ impl Resilience {
         attempts: u32,
         error: E,
     ) -> Result<Duration, CallError<E>> {
+        if error.class() == Class::Permanent {
+            permit.answered();
+            return Err(CallError::Permanent {
+                dependency,
+                source: error,
+            });
+        }
         let now = Instant::now();
-        match error.class() {
-            Class::Permanent => {
-                permit.answered();
-                return Err(CallError::Permanent {
-                    dependency,
-                    source: error,
-                });
-            }
-            Class::Throttled => permit.throttled(),
-            Class::Transient => {
-                permit.failure(now);
-                // Stop at once rather than retry if this failure opened the circuit.
-                if let Some(retry_after) = self.breaker(dependency).open_for(now) {
-                    return Err(CallError::CircuitOpen(CircuitOpen {
-                        dependency,
-                        retry_after,
-                    }));
-                }
-            }
+        permit.failure(now);
+        // Stop at once rather than retry if this failure opened the circuit.
+        if let Some(retry_after) = self.breaker(dependency).open_for(now) {
+            return Err(CallError::CircuitOpen(CircuitOpen {
+                dependency,
+                retry_after,
+            }));
         }
         self.retry
             .next_delay(attempts, now, deadline, self.jitter.as_ref())
@@ -292,10 +284,9 @@ impl Resilience {
 
     /// Each retry is logged and counted for the invocation's metrics: a run of them shows a
     /// struggling dependency before its circuit opens.
-    fn note_retry(&self, dependency: Dependency, class: Class, attempts: u32, delay: Duration) {
+    fn note_retry(&self, dependency: Dependency, attempts: u32, delay: Duration) {
         tracing::debug!(
             dependency = dependency.as_str(),
-            throttled = class == Class::Throttled,
             attempt = attempts,
             delay_ms = delay.as_millis() as u64,
             "transient failure; retrying"
