@@ -20,6 +20,9 @@ use aws_sdk_ec2::types::{
     Reservation, SpotInstanceRequest, SpotInstanceStatus,
 };
 use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::http::StatusCode;
+use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::error::ErrorMetadata;
 use aws_smithy_types::retry::RetryConfig;
 use etcd_lifecycle_hook::aws::autoscaling::AutoScalingLifecycle;
@@ -188,9 +191,9 @@ async fn five_consecutive_503s_open_the_circuit_and_the_sixth_call_makes_no_requ
     assert_eq!(rule.num_calls(), 4);
     // What the service sent, not the SDK's debug dump of the raw response.
     assert!(
-        first
-            .to_string()
-            .ends_with("service error; unhandled error: error parsing XML: no root element"),
+        first.to_string().ends_with(
+            "service error; unhandled error: error parsing XML: no root element (HTTP 503)"
+        ),
         "{first}"
     );
     let second = lifecycle.complete(&key(), &deadline()).await.unwrap_err();
@@ -249,7 +252,7 @@ async fn throttling_is_retried_counted_and_named() {
         .to_string();
     assert!(
         text.contains("kept failing after 4 attempt(s)")
-            && text.ends_with("Throttling: Rate exceeded"),
+            && text.contains("service error; Throttling: Rate exceeded (HTTP "),
         "{text}"
     );
     let breaker = layer.breaker(Dependency::Autoscaling);
@@ -266,6 +269,33 @@ async fn throttling_is_retried_counted_and_named() {
         .to_string();
     assert!(text.starts_with("circuit open for autoscaling"), "{text}");
     assert_eq!(rule.num_calls(), 8, "the fifth throttle opened the circuit");
+}
+
+/// A proxy's or endpoint policy's page, not an AWS answer: no code to quote, so the message keeps
+/// the HTTP status (it decides transient or not) and the request ID from the headers.
+#[tokio::test(start_paused = true)]
+async fn an_answer_that_is_not_aws_keeps_its_status_and_request_id() {
+    let rule =
+        mock!(aws_sdk_autoscaling::Client::complete_lifecycle_action).then_http_response(|| {
+            let mut response = HttpResponse::new(
+                StatusCode::try_from(403).expect("a valid status"),
+                SdkBody::from("<html>Access denied by the proxy</html>"),
+            );
+            response.headers_mut().insert("x-amzn-RequestId", "req-403");
+            response
+        });
+    let text = autoscaling(&[&rule], &resilience())
+        .complete(&key(), &deadline())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(rule.num_calls(), 1, "a 403 is not retried");
+    assert!(
+        text.starts_with(
+            "autoscaling:CompleteLifecycleAction failed: autoscaling refused the request"
+        ) && text.ends_with("(HTTP 403, request ID req-403)"),
+        "{text}"
+    );
 }
 
 fn ec2_instance(n: u8) -> Ec2Instance {

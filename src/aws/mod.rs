@@ -7,6 +7,8 @@ pub mod on_first_use;
 
 use std::time::Duration;
 
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::model::AwsError;
@@ -18,11 +20,14 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connect timeout: an unreachable endpoint should fail fast, not eat the deadline.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Turns a failed call into the handler's error, keeping what the service said (code, message
-/// and request ID) or why no answer came.
-pub(crate) fn aws_error<E>(operation: &'static str, error: CallError<E>) -> AwsError
+/// Turns a failed call into the handler's error, keeping what the service said (code, message,
+/// HTTP status and request ID) or why no answer came.
+pub(crate) fn aws_error<O>(
+    operation: &'static str,
+    error: CallError<SdkError<O, HttpResponse>>,
+) -> AwsError
 where
-    E: std::error::Error + ProvideErrorMetadata + 'static,
+    O: std::error::Error + ProvideErrorMetadata + 'static,
 {
     match error {
         CallError::CircuitOpen(open) => AwsError::CircuitOpen(open),
@@ -36,28 +41,36 @@ where
     }
 }
 
-/// One line an operator can read in the log and in Lambda's error: the service's code, message
-/// and request ID when it answered, else the chain of causes (refused, timed out). Not the SDK's
-/// `DisplayErrorContext`, which ends with the error's `Debug` form: the raw response, headers and
-/// body, kilobytes of it in every held instance's error.
-fn cause_of<E>(error: &E) -> String
+/// One line an operator can read in the log and in Lambda's error: the service's code and message
+/// when it gave them, else the causes under the call's own error (refused, timed out, an answer
+/// that could not be read), then the HTTP status and the request ID to quote to AWS support. Not
+/// the SDK's `DisplayErrorContext`, which ends with the error's `Debug` form: the raw response,
+/// headers and body, kilobytes of it in every held instance's error.
+fn cause_of<O>(error: &SdkError<O, HttpResponse>) -> String
 where
-    E: std::error::Error + ProvideErrorMetadata + 'static,
+    O: std::error::Error + ProvideErrorMetadata + 'static,
 {
-    if let Some(code) = error.code() {
-        let message = error.message().unwrap_or("(no message)");
-        return match error.meta().extra("aws_request_id") {
-            Some(id) => format!("{code}: {message} (request ID {id})"),
-            None => format!("{code}: {message}"),
-        };
-    }
-    // The call's own error already says the top of the chain ("service error", "dispatch
-    // failure"); the causes under it are what is news.
-    let mut causes: Vec<String> = Vec::new();
-    let mut next: Option<&(dyn std::error::Error + 'static)> = match error.source() {
-        Some(source) => Some(source),
-        None => Some(error),
+    let what = match error.code() {
+        Some(code) => format!("{code}: {}", error.message().unwrap_or("(no message)")),
+        None => causes_under(error),
     };
+    let response = error.raw_response();
+    let request_id = error
+        .meta()
+        .extra("aws_request_id")
+        .or_else(|| response.and_then(|r| r.headers().get("x-amzn-requestid")));
+    match (response.map(|r| r.status().as_u16()), request_id) {
+        (Some(status), Some(id)) => format!("{what} (HTTP {status}, request ID {id})"),
+        (Some(status), None) => format!("{what} (HTTP {status})"),
+        (None, _) => what,
+    }
+}
+
+/// The chain of causes under `error`, each said once (the call's own error already says the top
+/// of it: "service error", "dispatch failure").
+fn causes_under(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut causes: Vec<String> = Vec::new();
+    let mut next = error.source().or(Some(error));
     while let Some(cause) = next {
         let text = cause.to_string();
         if causes.last() != Some(&text) {
