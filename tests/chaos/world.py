@@ -26,7 +26,10 @@ themselves, modelled here:
   new one is InService); a warm pool on every group (never with Spot instances, which AWS does not
   allow), scale-ins going back to it (at most `WARM_POOL_MAX` instances in pools at once, as a
   full pool makes a scale-in a plain one) and launches into it; instances stopped in EC2 (their
-  node with them) and started again.
+  node with them) and started again;
+* AWS faults come in bursts (`run.AWS_FAULT_BURST_S`): a throttle, 503 or stall burst answers at
+  most its number of requests, and ends after a few seconds whatever is left of it, as a rate
+  limit refills; refused connections last under two seconds.
 
 Ground truth is read straight from the processes (etcd's status on each node's own address, moto's
 models), never from what the function says.

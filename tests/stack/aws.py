@@ -572,13 +572,19 @@ SERVICES = ("autoscaling", "ec2")
 
 @dataclass
 class Fault:
-    """Answer the next `times` matching requests this way, then let them through."""
+    """Answer the next `times` matching requests this way, then let them through. With
+    `lasts_s`, the fault also ends that many seconds after it is injected, whatever is left of
+    `times`: a burst of throttling or of 5xx, as AWS gives them, rather than the next N requests
+    whenever they come (a function whose breaker spaces its requests would otherwise meet the
+    same burst for minutes, which is an outage, not a burst)."""
 
     service: str
     kind: str
     times: int
     action: str | None = None
     stall_s: float = 0.0
+    lasts_s: float | None = None
+    until: float | None = None  # epoch seconds, set from `lasts_s` when injected
 
     def __post_init__(self):
         if self.service not in SERVICES:
@@ -587,6 +593,11 @@ class Fault:
             raise ValueError(f"kind must be one of {FAULT_KINDS}, not {self.kind!r}")
         if self.times < 1:
             raise ValueError("times must be at least 1")
+        if self.lasts_s is not None and self.lasts_s <= 0:
+            raise ValueError("lasts_s must be positive")
+
+    def over(self, now: float) -> bool:
+        return self.until is not None and now >= self.until
 
     def matches(self, service: str, action: str | None) -> bool:
         return self.service == service and (self.action is None or self.action == action)
@@ -660,6 +671,8 @@ class FaultLayer:
             return "rendezvous-timeout"
 
     def inject(self, fault: Fault) -> None:
+        if fault.lasts_s is not None:
+            fault.until = time.time() + fault.lasts_s
         with self._lock:
             self._faults.append(fault)
 
@@ -672,10 +685,16 @@ class FaultLayer:
 
     def pending_faults(self) -> list[Fault]:
         with self._lock:
+            self._drop_ended()
             return list(self._faults)
+
+    def _drop_ended(self) -> None:
+        now = time.time()
+        self._faults = [f for f in self._faults if not f.over(now)]
 
     def _take_fault(self, service: str, action: str | None) -> Fault | None:
         with self._lock:
+            self._drop_ended()
             for fault in self._faults:
                 if fault.matches(service, action):
                     fault.times -= 1
@@ -919,9 +938,10 @@ class AwsServer:
         times: int,
         action: str | None = None,
         stall_s: float = 0.0,
+        lasts_s: float | None = None,
     ) -> None:
         assert self.layer is not None, "start() the server first"
-        self.layer.inject(Fault(service, kind, times, action, stall_s))
+        self.layer.inject(Fault(service, kind, times, action, stall_s, lasts_s))
 
     def clear_faults(self) -> None:
         assert self.layer is not None

@@ -255,6 +255,20 @@ class AwsServerTest(unittest.TestCase):
         self.ec2.describe_instances()  # the rendezvous is over: no wait
         self.assertLess(time.monotonic() - started, 0.5)
 
+    def test_a_fault_with_a_duration_ends_with_it_whatever_is_left(self):
+        self.server.inject("autoscaling", "throttle", 5, lasts_s=0.5)
+        with self.assertRaises(botocore.exceptions.ClientError) as ctx:
+            self.asg.describe_lifecycle_hooks(AutoScalingGroupName="grp")
+        self.assertEqual(ctx.exception.response["Error"]["Code"], "Throttling")
+        self.assertEqual([f.times for f in self.server.pending_faults()], [4])
+        time.sleep(0.6)
+        self.assertEqual(self.server.pending_faults(), [])
+        self.asg.describe_lifecycle_hooks(AutoScalingGroupName="grp")
+        faulted = [r["fault"] for r in self.server.requests("autoscaling", "DescribeLifecycleHooks")]
+        self.assertEqual(faulted, ["throttle", None])
+        with self.assertRaises(ValueError):
+            self.server.inject("ec2", "503", 1, lasts_s=0)
+
     def test_stall_delays_then_answers(self):
         self.server.inject("ec2", "stall", 1, stall_s=0.5)
         started = time.monotonic()
