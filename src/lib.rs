@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod config;
+pub mod error_text;
 pub mod etcd;
 pub mod event;
 pub mod handler;

@@ -11,6 +11,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
+use crate::error_text::with_causes;
 use crate::model::AwsError;
 use crate::resilience::CallError;
 
@@ -66,19 +67,13 @@ where
     }
 }
 
-/// The chain of causes under `error`, each said once (the call's own error already says the top
-/// of it: "service error", "dispatch failure").
+/// The causes under `error`: the call's own error already says its top ("service error",
+/// "dispatch failure").
 fn causes_under(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut causes: Vec<String> = Vec::new();
-    let mut next = error.source().or(Some(error));
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if causes.last() != Some(&text) {
-            causes.push(text);
-        }
-        next = cause.source();
+    match error.source() {
+        Some(cause) => with_causes(cause.to_string(), cause.source()),
+        None => error.to_string(),
     }
-    causes.join(": ")
 }
 
 /// Whether Auto Scaling said "No active Lifecycle Action found": the action was completed before

@@ -291,7 +291,7 @@ pub(super) fn looks_like_tls(detail: &str) -> bool {
 
 /// An error's text with its whole source chain, without tonic's metadata dump.
 pub(super) fn describe(e: &etcd_client::Error) -> String {
-    let (mut text, mut source): (String, Option<&(dyn std::error::Error + 'static)>) = match e {
+    let (text, source): (String, Option<&(dyn std::error::Error + 'static)>) = match e {
         etcd_client::Error::GRpcStatus(status) => (
             format!("{:?} \"{}\"", status.code(), status.message()),
             std::error::Error::source(status),
@@ -305,13 +305,5 @@ pub(super) fn describe(e: &etcd_client::Error) -> String {
         }
         other => (other.to_string(), None),
     };
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
+    crate::error_text::with_causes(text, source)
 }

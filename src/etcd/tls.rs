@@ -103,12 +103,5 @@ pub(super) fn tls_file_list(files: &TlsFiles) -> String {
 }
 
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    crate::error_text::with_causes(e.to_string(), e.source())
 }
