@@ -75,6 +75,30 @@ class EtcdError(RuntimeError):
         self.body = body
 
 
+def wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Returns once every thread of `pid` is stopped (state `T` in /proc): `kill` only sends the
+    signal, and a test that goes on while the node still runs checks nothing. Fails loudly when
+    the stop does not take effect."""
+    end = time.monotonic() + timeout
+    task_dir = f"/proc/{pid}/task"
+    while time.monotonic() < end:
+        try:
+            threads = os.listdir(task_dir)
+        except OSError:
+            return  # gone: nothing left to answer
+        states = []
+        for tid in threads:
+            try:
+                with open(f"{task_dir}/{tid}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                continue  # that thread ended meanwhile
+        if all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"process {pid} did not stop within {timeout}s of SIGSTOP")
+
+
 def gateway(
     url: str, path: str, body: dict | None = None, timeout: float = 2.0, context: Any = None
 ) -> dict:
@@ -300,6 +324,7 @@ class EtcdCluster:
         if node.running() and not node.paused:
             node.proc.send_signal(signal.SIGSTOP)
             node.paused = True
+            wait_stopped(node.proc.pid)
 
     def resume_node(self, name: str) -> None:
         """SIGCONTs a paused node."""
