@@ -125,7 +125,8 @@ def bootstrap_path() -> str:
 
 
 class AddressSlot:
-    """A /24 of loopback addresses (127.0.N.11-18) this process alone uses, ports 2379/2380 free."""
+    """A /24 of loopback addresses (127.0.N.11-18) this process alone uses, ports 2379-2381 free
+    (client, peer, and a gated node's own client port)."""
 
     LOCK_DIR = os.path.join(tempfile.gettempdir(), "etcd-lifecycle-hook-slots")
 
@@ -159,7 +160,7 @@ class AddressSlot:
 
     def _ports_free(self) -> bool:
         for ip in self.ips:
-            for port in (2379, 2380):
+            for port in (2379, 2380, 2381):
                 with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     try:
