@@ -64,7 +64,7 @@ pub(super) fn load_tls(files: &TlsFiles) -> Result<TlsOptions, TlsSetupError> {
         .tls_config(tls.clone())
         .map_err(|e| TlsSetupError::Unusable {
             files: tls_file_list(files),
-            detail: error_chain(&e),
+            detail: crate::error_text::with_causes(e.to_string(), std::error::Error::source(&e)),
         })?;
     Ok(tls)
 }
@@ -100,8 +100,4 @@ pub(super) fn tls_file_list(files: &TlsFiles) -> String {
     .filter_map(|(name, path)| path.as_ref().map(|p| format!("{name}={}", p.display())))
     .collect::<Vec<_>>()
     .join(", ")
-}
-
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    crate::error_text::with_causes(e.to_string(), e.source())
 }
