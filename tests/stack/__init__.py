@@ -83,7 +83,7 @@ from .aws import (
     seed_group,
     seed_network,
 )
-from .etcd import EtcdCluster, Member
+from .etcd import CLIENT_PORT, GATED_CLIENT_PORT, PEER_PORT, EtcdCluster, Member
 from .gate import TcpGate
 from .runtime_api import FunctionDied, InvocationTimeout, RuntimeApi
 
@@ -160,7 +160,7 @@ class AddressSlot:
 
     def _ports_free(self) -> bool:
         for ip in self.ips:
-            for port in (2379, 2380, 2381):
+            for port in (CLIENT_PORT, PEER_PORT, GATED_CLIENT_PORT):
                 with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     try:
